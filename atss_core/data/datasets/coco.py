@@ -1,0 +1,176 @@
+"""COCO-format detection data set: a json annotation file plus a folder of images."""
+import contextlib
+import io
+import json
+import os
+
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from atss_core.structures.bounding_box import BoxList
+
+
+def coco_boxes_to_clipped_xyxy(boxes_xywh, image_width, image_height):
+    """Convert COCO ``[x, y, w, h]`` boxes to pixel ``xyxy``, clip them, and flag usable ones.
+
+    Uses the legacy "+1" pixel convention of the original: ``x2 = x + max(w - 1, 0)`` and
+    coordinates are clipped to ``[0, W - 1] x [0, H - 1]``. A box is usable when it keeps
+    ``x2 > x1`` and ``y2 > y1`` after clipping, i.e. it is more than one pixel wide and tall
+    inside the image.
+
+    Args:
+        boxes_xywh: (N, 4) float32 tensor.
+        image_width, image_height: scalars or (N,) tensors (one image size per box).
+    Returns:
+        boxes_xyxy: (N, 4) float32 tensor, clipped.
+        usable: (N,) bool tensor.
+    """
+    top_left = boxes_xywh[:, :2]
+    bottom_right = top_left + (boxes_xywh[:, 2:] - 1).clamp(min=0)
+    size = torch.stack([torch.as_tensor(image_width), torch.as_tensor(image_height)], dim=-1).float()
+    upper = torch.cat([size, size], dim=-1) - 1  # [W-1, H-1, W-1, H-1], shape (4,) or (N, 4)
+    boxes_xyxy = torch.minimum(torch.cat([top_left, bottom_right], dim=1).clamp(min=0), upper)
+    usable = (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])
+    return boxes_xyxy, usable
+
+
+def _read_annotation_file(ann_file):
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"annotation file {ann_file} not found; check DATASETS and the "
+                                "DATA_DIR / paths_catalog entry that points to it")
+    try:
+        with open(ann_file, encoding="utf-8") as handle:
+            content = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"annotation file {ann_file} is not valid JSON ({err}); "
+                         "regenerate or fix it") from err
+    if not isinstance(content, dict) or not isinstance(content.get("images"), list):
+        raise ValueError(f"annotation file {ann_file} has no 'images' list; it must be COCO instances format")
+    return content
+
+
+class COCODataset(torch.utils.data.Dataset):
+    """Detection samples from a COCO instances json and its image folder.
+
+    Category ids are mapped to contiguous labels 1..C in the json's category order (0 is the
+    background). Crowd annotations are ignored, boxes are clipped to the image and boxes no
+    more than one pixel wide or tall after clipping are dropped. Only ``bbox`` is read, so
+    box-only annotations (no ``segmentation``) work, and so do image-only files (test splits).
+
+    Args:
+        ann_file (str): COCO json.
+        root (str): folder the ``file_name`` of every image is relative to.
+        remove_images_without_annotations (bool): drop images left with no usable box after the
+            filtering above (for training, so an empty target never reaches the loss).
+        transforms (callable): ``(PIL image, BoxList) -> (image, BoxList)``, or None.
+
+    Attributes:
+        coco: the ``pycocotools.coco.COCO`` index.
+        ids: image ids in dataset order (sorted).
+        id_to_img_map: dataset index → image id.
+        json_category_id_to_contiguous_id / contiguous_category_id_to_json_id: label maps.
+        categories: json category id → category name.
+        class_names: tuple indexed by contiguous label; entry 0 is "__background".
+    """
+
+    def __init__(self, ann_file, root, remove_images_without_annotations, transforms=None):
+        self.ann_file = ann_file
+        self.root = root
+        self.coco = COCO()
+        self.coco.dataset = _read_annotation_file(ann_file)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
+
+        category_ids = self.coco.getCatIds()  # json order, as the original
+        self.json_category_id_to_contiguous_id = {
+            cat_id: label for label, cat_id in enumerate(category_ids, start=1)}
+        self.contiguous_category_id_to_json_id = {
+            label: cat_id for cat_id, label in self.json_category_id_to_contiguous_id.items()}
+        self.categories = {cat_id: self.coco.cats[cat_id]["name"] for cat_id in category_ids}
+        self.class_names = ("__background",) + tuple(self.categories.values())
+
+        self._check_entries()
+        self.ids = sorted(self.coco.imgs)  # sorted for reproducible order
+        if remove_images_without_annotations:
+            self.ids = self._ids_with_usable_boxes()
+        self.id_to_img_map = dict(enumerate(self.ids))
+        self._transforms = transforms
+
+    def _check_entries(self):
+        """Fail early, naming the entry, on json content that would break later."""
+        for image in self.coco.dataset["images"]:
+            if not {"id", "file_name", "width", "height"} <= image.keys():
+                raise ValueError(f"image entry {image} in {self.ann_file} needs id, file_name, "
+                                 "width and height")
+        known_categories = self.json_category_id_to_contiguous_id
+        for annotation in self.coco.anns.values():
+            category_id = annotation.get("category_id")
+            if len(annotation.get("bbox", ())) != 4 or category_id not in known_categories:
+                raise ValueError(f"annotation {annotation.get('id')} in {self.ann_file} needs a 'bbox' "
+                                 "[x, y, w, h] and a 'category_id' listed in 'categories' (got "
+                                 f"bbox {annotation.get('bbox')!r}, category_id {category_id!r})")
+
+    def _annotation_arrays(self, annotations):
+        """Boxes (N,4) float32, contiguous labels (N,) int64 and crowd flags (N,) bool."""
+        boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+        to_label = self.json_category_id_to_contiguous_id
+        labels = torch.tensor([to_label[a["category_id"]] for a in annotations], dtype=torch.int64)
+        crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in annotations], dtype=torch.bool)
+        return boxes, labels, crowd
+
+    def _ids_with_usable_boxes(self):
+        """Sorted ids of the images with at least one non-crowd box that survives clipping.
+
+        Judged on all annotations at once, with the same arithmetic as ``__getitem__`` so the
+        two can never disagree.
+        """
+        annotations = [a for a in self.coco.anns.values() if a["image_id"] in self.coco.imgs]
+        if not annotations:
+            return []
+        boxes, _, crowd = self._annotation_arrays(annotations)
+        image_ids = torch.tensor([a["image_id"] for a in annotations], dtype=torch.int64)
+        widths = torch.tensor([self.coco.imgs[a["image_id"]]["width"] for a in annotations])
+        heights = torch.tensor([self.coco.imgs[a["image_id"]]["height"] for a in annotations])
+        _, usable = coco_boxes_to_clipped_xyxy(boxes, widths, heights)
+        return torch.unique(image_ids[usable & ~crowd]).tolist()
+
+    def _load_image(self, image_info):
+        path = os.path.join(self.root, image_info["file_name"])
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file {path} (listed in {self.ann_file}) not found; "
+                                    "check the image folder of this data set") from None
+        except OSError as err:
+            raise OSError(f"cannot read image file {path}: {err}; replace the file or remove it "
+                          f"from {self.ann_file}") from err
+        expected = (image_info["width"], image_info["height"])
+        if image.size != expected:
+            raise ValueError(f"image file {path} is {image.size[0]}x{image.size[1]} but "
+                             f"{self.ann_file} says {expected[0]}x{expected[1]}; fix its width/height")
+        return image
+
+    def __getitem__(self, index):
+        """Return ``(image, target, index)``; target is a BoxList (xyxy) with field "labels"."""
+        image_id = self.id_to_img_map[index]
+        image_info = self.coco.imgs[image_id]
+        image = self._load_image(image_info)
+
+        boxes, labels, crowd = self._annotation_arrays(self.coco.imgToAnns[image_id])
+        boxes, usable = coco_boxes_to_clipped_xyxy(boxes, *image.size)
+        keep = usable & ~crowd
+        target = BoxList(boxes[keep], image.size, mode="xyxy")
+        target.add_field("labels", labels[keep])
+
+        if self._transforms is not None:
+            image, target = self._transforms(image, target)
+        return image, target, index
+
+    def get_img_info(self, index):
+        """The json image entry (``id``, ``file_name``, ``width``, ``height``, ...) of ``index``."""
+        return self.coco.imgs[self.id_to_img_map[index]]
+
+    def __len__(self):
+        return len(self.ids)
