@@ -378,3 +378,15 @@ _C.PATHS_CATALOG = os.path.join(os.path.dirname(__file__), "paths_catalog.py")
 # original's behaviour at its default value. Add new keys here, with a comment
 # saying what they do.
 # ===========================================================================
+
+# Seed for the training sampler's shuffle and the per-sample augmentation, so a run
+# is reproducible and a resumed run sees the same images as an uninterrupted one.
+_C.SEED = 0
+
+# Keep training images that have no usable box after crowd / degenerate filtering
+# (all their anchors become negatives). The original always dropped them.
+_C.DATALOADER.KEEP_EMPTY_IMAGES = False
+
+# "float32", or "float16" for mixed precision (torch.autocast + GradScaler; losses
+# stay in float32). maskrcnn-benchmark used this key for apex AMP.
+_C.DTYPE = "float32"
