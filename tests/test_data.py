@@ -395,6 +395,30 @@ def test_train_loader_batches_and_resume(tiny_coco):
     assert kept.ids == [1, 4]
 
 
+def test_resumed_loader_replays_random_flips_and_scales(tiny_coco):
+    """Iteration k of a resumed run gets the same augmented tensors and boxes as an uninterrupted
+    run, whatever the number of workers: the flips and scales are seeded per (iteration, slot)."""
+    root, ann_file = tiny_coco
+    config = _loader_config(root, ann_file)
+    config.DATALOADER.KEEP_EMPTY_IMAGES = True
+    config.INPUT.MIN_SIZE_TRAIN = (48, 64, 80)
+    config.SOLVER.MAX_ITER = 8
+
+    def run(start_iter, num_workers):
+        config.DATALOADER.NUM_WORKERS = num_workers
+        loader = make_data_loader(config, is_train=True, start_iter=start_iter)
+        return [(images.tensors, [t.bbox for t in targets]) for images, targets, _ in loader]
+
+    full = run(0, 0)
+    # The augmentation really varies: several input sizes occur.
+    assert len({tensors.shape[-2:] for tensors, _ in full}) > 1
+    resumed = run(5, 2)
+    assert len(resumed) == 3
+    for (tensors, boxes), (tensors_ref, boxes_ref) in zip(resumed, full[5:]):
+        assert torch.equal(tensors, tensors_ref)
+        assert all(torch.equal(b, r) for b, r in zip(boxes, boxes_ref))
+
+
 def test_test_loaders_one_per_dataset_in_order(tiny_coco):
     root, ann_file = tiny_coco
     config = _loader_config(root, ann_file)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch.utils.data
 
-from atss_core.utils.comm import get_world_size
+from atss_core.utils.comm import get_rank, get_world_size
 from atss_core.utils.imports import import_file
 
 from . import datasets as D
@@ -96,9 +96,10 @@ def _compute_aspect_ratios(dataset):
 
 
 def make_batch_data_sampler(dataset, sampler, aspect_grouping, images_per_batch, num_iters=None,
-                            start_iter=0):
+                            start_iter=0, augment_seed=None, slot_offset=0):
     """Batch sampler; grouped by aspect-ratio bins when ``aspect_grouping`` lists bin edges,
-    and iteration-based (``num_iters`` batches, resuming after ``start_iter``) when given."""
+    and iteration-based (``num_iters`` batches, resuming after ``start_iter``, entries seeded
+    for augmentation when ``augment_seed`` is given) when ``num_iters`` is given."""
     if aspect_grouping:
         edges = aspect_grouping if isinstance(aspect_grouping, (list, tuple)) else [aspect_grouping]
         group_ids = _quantize(_compute_aspect_ratios(dataset), edges)
@@ -106,7 +107,8 @@ def make_batch_data_sampler(dataset, sampler, aspect_grouping, images_per_batch,
     else:
         batch_sampler = torch.utils.data.BatchSampler(sampler, images_per_batch, drop_last=False)
     if num_iters is not None:
-        batch_sampler = samplers.IterationBasedBatchSampler(batch_sampler, num_iters, start_iter)
+        batch_sampler = samplers.IterationBasedBatchSampler(batch_sampler, num_iters, start_iter,
+                                                            augment_seed, slot_offset)
     return batch_sampler
 
 
@@ -153,7 +155,7 @@ def make_data_loader(cfg, is_train=True, is_distributed=False, start_iter=0):
     # Test-time augmentation transforms each image itself, several times.
     transforms = None if test_time_augmentation else build_transforms(cfg, is_train)
     datasets = build_dataset(dataset_list, transforms, paths_catalog.DatasetCatalog, is_train,
-                             keep_empty_images=cfg.DATALOADER.get("KEEP_EMPTY_IMAGES", False))
+                             keep_empty_images=cfg.DATALOADER.KEEP_EMPTY_IMAGES)
 
     if test_time_augmentation:
         collator = BBoxAugCollator()
@@ -162,9 +164,10 @@ def make_data_loader(cfg, is_train=True, is_distributed=False, start_iter=0):
     data_loaders = []
     for dataset in datasets:
         check_num_classes(cfg, dataset)
-        sampler = make_data_sampler(dataset, shuffle, is_distributed, seed=cfg.get("SEED", 0))
-        batch_sampler = make_batch_data_sampler(dataset, sampler, aspect_grouping, images_per_process,
-                                                num_iters, start_iter)
+        sampler = make_data_sampler(dataset, shuffle, is_distributed, seed=cfg.SEED)
+        batch_sampler = make_batch_data_sampler(
+            dataset, sampler, aspect_grouping, images_per_process, num_iters, start_iter,
+            augment_seed=cfg.SEED if is_train else None, slot_offset=get_rank() * images_per_process)
         data_loaders.append(torch.utils.data.DataLoader(
             dataset, batch_sampler=batch_sampler, collate_fn=collator,
             num_workers=cfg.DATALOADER.NUM_WORKERS))

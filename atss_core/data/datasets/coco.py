@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+from atss_core.data.transforms import seeded_random
 from atss_core.structures.bounding_box import BoxList
 
 
@@ -153,7 +154,12 @@ class COCODataset(torch.utils.data.Dataset):
         return image
 
     def __getitem__(self, index):
-        """Return ``(image, target, index)``; target is a BoxList (xyxy) with field "labels"."""
+        """Return ``(image, target, index)``; target is a BoxList (xyxy) with field "labels".
+
+        ``index`` may be an ``(index, seed)`` pair (from a seeded IterationBasedBatchSampler):
+        the random transforms then draw from that seed, which makes training resumable exactly.
+        """
+        index, seed = index if isinstance(index, tuple) else (index, None)
         image_id = self.id_to_img_map[index]
         image_info = self.coco.imgs[image_id]
         image = self._load_image(image_info)
@@ -165,7 +171,8 @@ class COCODataset(torch.utils.data.Dataset):
         target.add_field("labels", labels[keep])
 
         if self._transforms is not None:
-            image, target = self._transforms(image, target)
+            with seeded_random(seed):
+                image, target = self._transforms(image, target)
         return image, target, index
 
     def get_img_info(self, index):

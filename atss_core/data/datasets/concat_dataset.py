@@ -13,6 +13,13 @@ class ConcatDataset(_TorchConcatDataset):
         sample_idx = idx if dataset_idx == 0 else idx - self.cumulative_sizes[dataset_idx - 1]
         return dataset_idx, sample_idx
 
+    def __getitem__(self, idx):
+        """Sample at global ``idx`` (or an ``(idx, seed)`` pair); returns the global index."""
+        index, seed = idx if isinstance(idx, tuple) else (idx, None)
+        dataset_idx, sample_idx = self.get_idxs(index)
+        image, target, _ = self.datasets[dataset_idx][sample_idx if seed is None else (sample_idx, seed)]
+        return image, target, index
+
     def get_img_info(self, idx):
         dataset_idx, sample_idx = self.get_idxs(idx)
         return self.datasets[dataset_idx].get_img_info(sample_idx)

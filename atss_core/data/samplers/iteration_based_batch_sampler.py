@@ -1,5 +1,15 @@
 """Turn an epoch-based batch sampler into a fixed number of iterations, resumable exactly."""
+import numpy as np
 from torch.utils.data import BatchSampler
+
+
+def sample_seed(seed, iteration, slot):
+    """Augmentation seed of the image at ``slot`` of the batch of 1-based ``iteration``.
+
+    Depends on nothing else (not on the worker that loads it, nor on what came before), so a
+    resumed run draws the same flips and scales as an uninterrupted one.
+    """
+    return int(np.random.SeedSequence([seed, iteration, slot]).generate_state(1)[0])
 
 
 class IterationBasedBatchSampler(BatchSampler):
@@ -10,12 +20,19 @@ class IterationBasedBatchSampler(BatchSampler):
     ``start_iter`` replays the index stream from the start and skips the first ``start_iter``
     batches (only indices are drawn, no image is loaded), so iteration k sees the same images as
     in an uninterrupted run.
+
+    With ``augment_seed`` each batch entry becomes ``(index, seed)``, the seed from
+    :func:`sample_seed` for slot ``slot_offset + position in batch`` (``slot_offset`` = rank ×
+    images per process, so processes never share seeds); data sets run their random
+    transforms under it.
     """
 
-    def __init__(self, batch_sampler, num_iterations, start_iter=0):
+    def __init__(self, batch_sampler, num_iterations, start_iter=0, augment_seed=None, slot_offset=0):
         self.batch_sampler = batch_sampler
         self.num_iterations = num_iterations
         self.start_iter = start_iter
+        self.augment_seed = augment_seed
+        self.slot_offset = slot_offset
 
     def __iter__(self):
         iteration = 0
@@ -29,12 +46,18 @@ class IterationBasedBatchSampler(BatchSampler):
                 batches_this_epoch += 1
                 iteration += 1
                 if iteration > self.start_iter:
-                    yield batch
+                    yield self._with_seeds(batch, iteration)
                 if iteration >= self.num_iterations:
                     return
             if batches_this_epoch == 0:
                 raise RuntimeError("the batch sampler yielded no batch: the training data set is empty")
             epoch += 1
+
+    def _with_seeds(self, batch, iteration):
+        if self.augment_seed is None:
+            return batch
+        return [(index, sample_seed(self.augment_seed, iteration, self.slot_offset + slot))
+                for slot, index in enumerate(batch)]
 
     def __len__(self):
         return self.num_iterations

@@ -1,4 +1,5 @@
 from .build import build_transforms
-from .transforms import Compose, Normalize, RandomHorizontalFlip, Resize, ToTensor
+from .transforms import Compose, Normalize, RandomHorizontalFlip, Resize, ToTensor, seeded_random
 
-__all__ = ["build_transforms", "Compose", "Normalize", "RandomHorizontalFlip", "Resize", "ToTensor"]
+__all__ = ["build_transforms", "Compose", "Normalize", "RandomHorizontalFlip", "Resize", "ToTensor",
+           "seeded_random"]

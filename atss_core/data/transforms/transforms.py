@@ -4,11 +4,27 @@ Every transform takes a PIL image (or, after ``ToTensor``, a ``(3, H, W)`` float
 optional target ``BoxList`` whose ``size`` is the image's ``(W, H)``, and returns both. Called
 without a target (test-time augmentation, demos) they return the image alone.
 """
+import contextlib
 import random
 
 from torchvision.transforms import functional as F
 
 from atss_core.structures.bounding_box import FLIP_LEFT_RIGHT
+
+
+@contextlib.contextmanager
+def seeded_random(seed):
+    """Run the block with Python's ``random`` (which the random transforms draw from) seeded by
+    ``seed``, restoring the previous state afterwards; ``seed=None`` leaves it untouched."""
+    if seed is None:
+        yield
+        return
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 class Compose:
