@@ -387,6 +387,7 @@ _C.SEED = 0
 # (all their anchors become negatives). The original always dropped them.
 _C.DATALOADER.KEEP_EMPTY_IMAGES = False
 
-# "float32", or "float16" for mixed precision (torch.autocast + GradScaler; losses
+# "float32", or "float16" / "bfloat16" for mixed precision (torch.autocast; float16 adds a
+# GradScaler whose state is checkpointed; losses
 # stay in float32). maskrcnn-benchmark used this key for apex AMP.
 _C.DTYPE = "float32"

@@ -1,0 +1,138 @@
+"""The training loop."""
+import datetime
+import logging
+import time
+
+import torch
+import torch.distributed as dist
+
+from atss_core.utils.comm import get_rank, get_world_size, reduce_dict
+from atss_core.utils.metric_logger import MetricLogger
+
+LOG_PERIOD = 20
+
+
+def reduce_loss_dict(loss_dict):
+    """Average the loss dict over processes for logging; only rank 0 gets the average.
+
+    Args:
+        loss_dict (dict[str, Tensor]): 0-d losses of this process.
+    """
+    return reduce_dict(loss_dict, average=True)
+
+
+def _all_processes_finite(loss):
+    """Whether ``loss`` is finite on every process (so that all of them stop together)."""
+    finite = torch.isfinite(loss.detach()).to(torch.float32)
+    if get_world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+def _describe_batch(data_loader, image_indices):
+    """The batch's dataset indices, with file names when the dataset can tell them."""
+    description = f"dataset indices {list(image_indices)}"
+    dataset = getattr(data_loader, "dataset", None)
+    if hasattr(dataset, "get_img_info"):
+        names = [dataset.get_img_info(index).get("file_name", "?") for index in image_indices]
+        description += f" (files {names})"
+    return description
+
+
+def do_train(model, data_loader, optimizer, scheduler, checkpointer, device, checkpoint_period,
+             arguments, scaler=None, autocast_dtype=None):
+    """Run the iterations from ``arguments["iteration"]`` up to ``len(data_loader)``.
+
+    Each iteration: forward in ``model.train()`` mode, sum the loss dict, backward,
+    ``optimizer.step()`` then ``scheduler.step()`` (so the schedule's entry k is the lr of
+    iteration k + 1). Every LOG_PERIOD iterations a line with the ETA, the iteration,
+    each loss's window median and global average, timings, lr and (on CUDA) the peak
+    GPU memory is logged. A checkpoint is saved every ``checkpoint_period`` iterations
+    and as ``model_final`` at the end.
+
+    Args:
+        model (nn.Module): returns a dict of 0-d losses from ``model(images, targets)``.
+        data_loader: yields ``(images, targets, image_indices)``; its length is the total
+            number of iterations (MAX_ITER), including those done before a resume.
+        optimizer, scheduler: see ``atss_core.solver``.
+        checkpointer (Checkpointer): saves the state; ``arguments`` go into every file.
+        device (torch.device): where images and targets are moved.
+        checkpoint_period (int): SOLVER.CHECKPOINT_PERIOD.
+        arguments (dict): training state saved with checkpoints; ``"iteration"`` (the
+            number of completed iterations) is updated in place.
+        scaler (torch.amp.GradScaler, optional): loss scaler for float16 training.
+        autocast_dtype (torch.dtype, optional): run the forward under ``torch.autocast``
+            with this dtype; the losses are summed and reported in float32.
+
+    Raises:
+        FloatingPointError: a loss is NaN or infinite; the message names the iteration
+            and the images of the batch. The weights are left as they were before it.
+    """
+    logger = logging.getLogger("atss_core.trainer")
+    logger.info("Start training")
+    meters = MetricLogger(delimiter="  ")
+    max_iter = len(data_loader)
+    start_iter = arguments["iteration"]
+    device = torch.device(device)
+    if scaler is None:
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+    model.train()
+    start_training_time = time.time()
+    end = time.time()
+    for iteration, (images, targets, image_indices) in enumerate(data_loader, start_iter):
+        data_time = time.time() - end
+        iteration = iteration + 1
+        arguments["iteration"] = iteration
+
+        images = images.to(device)
+        targets = [target.to(device) for target in targets]
+
+        with torch.autocast(device.type, dtype=autocast_dtype,
+                            enabled=autocast_dtype is not None):
+            loss_dict = model(images, targets)
+        loss_dict = {name: loss.float() for name, loss in loss_dict.items()}
+        losses = sum(loss_dict.values())
+
+        if not _all_processes_finite(losses):
+            values = ", ".join(f"{name}={loss.item():.4g}" for name, loss in loss_dict.items())
+            raise FloatingPointError(
+                f"non-finite loss at iteration {iteration} (rank {get_rank()}: {values}); "
+                f"batch: {_describe_batch(data_loader, image_indices)}. Training stopped; "
+                "try a lower SOLVER.BASE_LR or check these images' annotations")
+
+        # Averaged over processes for logging only; the backward uses the local losses.
+        loss_dict_reduced = reduce_loss_dict(loss_dict)
+        losses_reduced = sum(loss_dict_reduced.values())
+        meters.update(loss=losses_reduced, **loss_dict_reduced)
+
+        optimizer.zero_grad()
+        scaler.scale(losses).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+
+        batch_time = time.time() - end
+        end = time.time()
+        meters.update(time=batch_time, data=data_time)
+
+        if iteration % LOG_PERIOD == 0 or iteration == max_iter:
+            eta_seconds = meters.time.global_avg * (max_iter - iteration)
+            fields = [
+                f"eta: {datetime.timedelta(seconds=int(eta_seconds))}",
+                f"iter: {iteration}",
+                str(meters),
+                f"lr: {optimizer.param_groups[0]['lr']:.6f}",
+            ]
+            if device.type == "cuda":
+                fields.append(f"max mem: {torch.cuda.max_memory_allocated() / 1024 ** 2:.0f}")
+            logger.info(meters.delimiter.join(fields))
+        if iteration % checkpoint_period == 0:
+            checkpointer.save(f"model_{iteration:07d}", **arguments)
+        if iteration == max_iter:
+            checkpointer.save("model_final", **arguments)
+
+    total_training_time = time.time() - start_training_time
+    iterations_run = max(arguments["iteration"] - start_iter, 1)
+    logger.info("Total training time: %s (%.4f s / it)",
+                datetime.timedelta(seconds=total_training_time),
+                total_training_time / iterations_run)
