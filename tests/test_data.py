@@ -336,6 +336,22 @@ def test_iteration_based_sampler_resumes_exactly():
         assert resumed == full[start_iter:]
 
 
+def test_seeded_batches_of_two_processes_equal_one_process_batches():
+    """Each image gets the same augmentation seed whether one process loads the whole batch or
+    two processes load half each: the rank's entries are the interleaved global positions."""
+    def seeded_batches(rank, world_size, images_per_process):
+        sampler = DistributedSampler(list(range(24)), num_replicas=world_size, rank=rank, seed=5)
+        batches = torch.utils.data.BatchSampler(sampler, images_per_process, drop_last=False)
+        return list(IterationBasedBatchSampler(batches, 9, augment_seed=11, rank=rank,
+                                               world_size=world_size))
+
+    single = seeded_batches(0, 1, 8)
+    rank0, rank1 = seeded_batches(0, 2, 4), seeded_batches(1, 2, 4)
+    assert len({seed for batch in single for _, seed in batch}) == 9 * 8  # no seed repeats
+    for whole, half0, half1 in zip(single, rank0, rank1):
+        assert sorted(half0 + half1) == sorted(whole)
+
+
 def test_iteration_based_sampler_rejects_empty_data():
     sampler = torch.utils.data.BatchSampler(_ListSampler([]), 2, drop_last=False)
     with pytest.raises(RuntimeError, match="empty"):

@@ -96,7 +96,7 @@ def _compute_aspect_ratios(dataset):
 
 
 def make_batch_data_sampler(dataset, sampler, aspect_grouping, images_per_batch, num_iters=None,
-                            start_iter=0, augment_seed=None, slot_offset=0):
+                            start_iter=0, augment_seed=None):
     """Batch sampler; grouped by aspect-ratio bins when ``aspect_grouping`` lists bin edges,
     and iteration-based (``num_iters`` batches, resuming after ``start_iter``, entries seeded
     for augmentation when ``augment_seed`` is given) when ``num_iters`` is given."""
@@ -107,8 +107,8 @@ def make_batch_data_sampler(dataset, sampler, aspect_grouping, images_per_batch,
     else:
         batch_sampler = torch.utils.data.BatchSampler(sampler, images_per_batch, drop_last=False)
     if num_iters is not None:
-        batch_sampler = samplers.IterationBasedBatchSampler(batch_sampler, num_iters, start_iter,
-                                                            augment_seed, slot_offset)
+        batch_sampler = samplers.IterationBasedBatchSampler(
+            batch_sampler, num_iters, start_iter, augment_seed, get_rank(), get_world_size())
     return batch_sampler
 
 
@@ -167,7 +167,7 @@ def make_data_loader(cfg, is_train=True, is_distributed=False, start_iter=0):
         sampler = make_data_sampler(dataset, shuffle, is_distributed, seed=cfg.SEED)
         batch_sampler = make_batch_data_sampler(
             dataset, sampler, aspect_grouping, images_per_process, num_iters, start_iter,
-            augment_seed=cfg.SEED if is_train else None, slot_offset=get_rank() * images_per_process)
+            augment_seed=cfg.SEED if is_train else None)
         data_loaders.append(torch.utils.data.DataLoader(
             dataset, batch_sampler=batch_sampler, collate_fn=collator,
             num_workers=cfg.DATALOADER.NUM_WORKERS))

@@ -22,17 +22,20 @@ class IterationBasedBatchSampler(BatchSampler):
     in an uninterrupted run.
 
     With ``augment_seed`` each batch entry becomes ``(index, seed)``, the seed from
-    :func:`sample_seed` for slot ``slot_offset + position in batch`` (``slot_offset`` = rank ×
-    images per process, so processes never share seeds); data sets run their random
-    transforms under it.
+    :func:`sample_seed` for the entry's slot in the global batch of all processes: position ×
+    ``world_size`` + ``rank``, because ``DistributedSampler`` deals the shuffled order out to
+    the ranks in turn. N processes therefore augment each image exactly as one process with
+    the whole batch does. Data sets run their random transforms under that seed.
     """
 
-    def __init__(self, batch_sampler, num_iterations, start_iter=0, augment_seed=None, slot_offset=0):
+    def __init__(self, batch_sampler, num_iterations, start_iter=0, augment_seed=None, rank=0,
+                 world_size=1):
         self.batch_sampler = batch_sampler
         self.num_iterations = num_iterations
         self.start_iter = start_iter
         self.augment_seed = augment_seed
-        self.slot_offset = slot_offset
+        self.rank = rank
+        self.world_size = world_size
 
     def __iter__(self):
         iteration = 0
@@ -56,8 +59,8 @@ class IterationBasedBatchSampler(BatchSampler):
     def _with_seeds(self, batch, iteration):
         if self.augment_seed is None:
             return batch
-        return [(index, sample_seed(self.augment_seed, iteration, self.slot_offset + slot))
-                for slot, index in enumerate(batch)]
+        return [(index, sample_seed(self.augment_seed, iteration, position * self.world_size + self.rank))
+                for position, index in enumerate(batch)]
 
     def __len__(self):
         return self.num_iterations
