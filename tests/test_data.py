@@ -304,13 +304,13 @@ def test_grouped_batch_sampler_matches_reference(batch_size):
 def test_distributed_sampler_splits_and_pads():
     dataset = list(range(10))
     shares = [list(DistributedSampler(dataset, num_replicas=3, rank=r, shuffle=False)) for r in range(3)]
-    assert shares == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]
+    assert shares == [[0, 3, 6, 9], [1, 4, 7, 0], [2, 5, 8, 1]]  # dealt out in turn, wrapped
     shuffled = [DistributedSampler(dataset, num_replicas=3, rank=r, seed=5) for r in range(3)]
     for sampler in shuffled:
         sampler.set_epoch(2)
     shares = [list(s) for s in shuffled]
     assert all(len(share) == 4 for share in shares)
-    padded_order = sum(shares, [])
+    padded_order = [share[k] for k in range(4) for share in shares]  # undo the dealing
     assert sorted(padded_order[:10]) == dataset and padded_order[10:] == padded_order[:2]
     expected = torch.randperm(10, generator=torch.Generator().manual_seed(5 + 2)).tolist()
     assert padded_order[:10] == expected

@@ -12,8 +12,10 @@ class DistributedSampler(Sampler):
 
     The order is a function of ``(seed, epoch)`` only, so a restarted run reproduces it exactly.
     The shuffled (or sequential) index list is padded by wrapping around to a multiple of
-    ``num_replicas``, then rank r takes the contiguous slice ``[r * n, (r + 1) * n)``, so the
-    shares are disjoint and together cover the whole set.
+    ``num_replicas``, then rank r takes every ``num_replicas``-th index from position r, so the
+    shares are disjoint and cover the whole set, and the k-th batches of all ranks together
+    are the k-th batch a single process with the whole batch would draw (as long as batches
+    are not grouped by aspect ratio) — what makes N-process training equal to 1-process.
 
     Args:
         dataset: anything with ``len``.
@@ -44,8 +46,7 @@ class DistributedSampler(Sampler):
         # Wrap around so every rank gets the same number of samples (repeat() covers the case
         # of more replicas than samples).
         indices = indices.repeat(math.ceil(self.total_size / max(self.dataset_size, 1)))[: self.total_size]
-        start = self.rank * self.num_samples
-        return iter(indices[start:start + self.num_samples].tolist())
+        return iter(indices[self.rank:self.total_size:self.num_replicas].tolist())
 
     def __len__(self):
         return self.num_samples
