@@ -34,8 +34,12 @@ from atss_core.utils.miscellaneous import mkdir, save_config, seed_all_rng
 
 def train(cfg, local_rank, distributed):
     """Build model, optimizer and data, restore any checkpoint, and run the iterations."""
-    model = build_detection_model(cfg)
     device = torch.device(cfg.MODEL.DEVICE)
+    if cfg.MODEL.USE_SYNCBN and distributed and device.type == "cpu":
+        # torch's SyncBatchNorm raises on CPU tensors at the first forward of every process.
+        raise SystemExit("error: MODEL.USE_SYNCBN needs GPUs (torch's SyncBatchNorm has no CPU "
+                         "path); set MODEL.USE_SYNCBN False for multi-process CPU training")
+    model = build_detection_model(cfg)
     model.to(device)
 
     if cfg.MODEL.USE_SYNCBN:
