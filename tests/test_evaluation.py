@@ -532,3 +532,11 @@ def test_test_net_missing_weights(test_net, tmp_path):
     message = _run_expecting_exit(test_net, ["--config-file", str(config), "--local-rank", "0",
                                              "--ckpt", str(tmp_path / "other.pth")])
     assert "other.pth" in message
+
+
+def test_inference_output_folder_names():
+    from atss_core.engine.launch import inference_output_folder
+    assert inference_output_folder("out", "coco_2017_val") == os.path.join("out", "inference", "coco_2017_val")
+    # A user's coco:IMG_DIR:ANN_FILE name becomes the annotation file's stem, not a tree of folders.
+    assert inference_output_folder("out", "coco:/data/imgs:/data/ann/val.json") == os.path.join("out", "inference", "val")
+    assert inference_output_folder("out", "my set:v2") == os.path.join("out", "inference", "my_set_v2")

@@ -21,13 +21,14 @@ import torch.distributed as dist
 
 from atss_core.config import cfg
 from atss_core.data import make_data_loader
+from atss_core.engine.launch import init_distributed, load_config, run_test
 from atss_core.engine.trainer import do_train
 from atss_core.modeling.detector import build_detection_model
 from atss_core.solver import (make_grad_scaler, make_lr_scheduler, make_optimizer,
                               resolve_autocast_dtype)
 from atss_core.utils.checkpoint import DetectronCheckpointer
 from atss_core.utils.collect_env import collect_env_info
-from atss_core.utils.comm import get_rank, synchronize
+from atss_core.utils.comm import get_rank
 from atss_core.utils.logger import setup_logger
 from atss_core.utils.miscellaneous import mkdir, save_config, seed_all_rng
 
@@ -75,43 +76,6 @@ def train(cfg, local_rank, distributed):
     return model
 
 
-def run_test(cfg, model, distributed):
-    """Evaluate ``model`` on every dataset of DATASETS.TEST (results in OUTPUT_DIR/inference)."""
-    from atss_core.engine.inference import inference  # written separately; only needed here
-
-    if distributed:
-        model = model.module
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    iou_types = ("bbox",)
-    if cfg.MODEL.MASK_ON:
-        iou_types += ("segm",)
-    if cfg.MODEL.KEYPOINT_ON:
-        iou_types += ("keypoints",)
-    dataset_names = cfg.DATASETS.TEST
-    output_folders = [None] * len(dataset_names)
-    if cfg.OUTPUT_DIR:
-        for idx, dataset_name in enumerate(dataset_names):
-            output_folders[idx] = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-            mkdir(output_folders[idx])
-    data_loaders_val = make_data_loader(cfg, is_train=False, is_distributed=distributed)
-    dense_head = cfg.MODEL.ATSS_ON or cfg.MODEL.FCOS_ON or cfg.MODEL.RETINANET_ON
-    for output_folder, dataset_name, data_loader_val in zip(output_folders, dataset_names,
-                                                            data_loaders_val):
-        inference(
-            model,
-            data_loader_val,
-            dataset_name=dataset_name,
-            iou_types=iou_types,
-            box_only=False if dense_head else cfg.MODEL.RPN_ONLY,
-            device=cfg.MODEL.DEVICE,
-            expected_results=cfg.TEST.EXPECTED_RESULTS,
-            expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
-            output_folder=output_folder,
-        )
-        synchronize()
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="PyTorch Object Detection Training")
     parser.add_argument("--config-file", default="", metavar="FILE", type=str,
@@ -127,41 +91,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_config(config_file, opts):
-    """Merge ``config_file`` and the ``KEY VALUE`` overrides into ``cfg`` and freeze it.
-
-    A missing file, an unknown key or a value of the wrong type exits with a one-line
-    message instead of a traceback.
-    """
-    if not config_file:
-        raise SystemExit("error: no config file given: pass --config-file FILE")
-    if not os.path.isfile(config_file):
-        raise SystemExit(f"error: config file {config_file} does not exist")
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(opts)
-    except (KeyError, ValueError, AssertionError, TypeError) as error:
-        message = error.args[0] if error.args else repr(error)
-        raise SystemExit(f"error: bad config option ({message}); check {config_file} and "
-                         "the KEY VALUE pairs on the command line") from None
-    cfg.freeze()
-    return cfg
-
-
-def init_distributed(local_rank, device_type):
-    """Join the process group described by the environment (torchrun / launch)."""
-    if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
-                            init_method="env://")
-    synchronize()
-
-
 def main(argv=None):
     args = parse_args(argv)
     num_gpus = int(os.environ.get("WORLD_SIZE", 1))
     args.distributed = num_gpus > 1
-    load_config(args.config_file, args.opts)
+    load_config(cfg, args.config_file, args.opts)
 
     if args.distributed:
         init_distributed(args.local_rank, torch.device(cfg.MODEL.DEVICE).type)

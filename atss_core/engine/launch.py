@@ -1,0 +1,79 @@
+"""What tools/train_net.py and tools/test_net.py share: config loading with one-line errors,
+joining the process group, and the evaluation loop over DATASETS.TEST."""
+import os
+import re
+
+import torch
+import torch.distributed as dist
+
+from atss_core.data import make_data_loader
+from atss_core.engine.inference import inference
+from atss_core.utils.comm import synchronize
+
+
+def load_config(cfg, config_file, opts):
+    """Merge ``config_file`` and the ``KEY VALUE`` overrides ``opts`` into ``cfg`` and freeze it.
+
+    A missing file, an unknown key or a value of the wrong type exits with a one-line message
+    instead of a traceback.
+    """
+    if not config_file:
+        raise SystemExit("error: no config file given: pass --config-file FILE")
+    if not os.path.isfile(config_file):
+        raise SystemExit(f"error: config file {config_file} does not exist; pass an existing yaml "
+                         "with --config-file")
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(opts or [])
+    except (KeyError, ValueError, AssertionError, TypeError) as error:
+        message = error.args[0] if error.args else repr(error)
+        raise SystemExit(f"error: bad config option ({message}); check {config_file} and the KEY VALUE "
+                         "pairs on the command line (keys are those of atss_core/config/defaults.py)") from None
+    cfg.freeze()
+    return cfg
+
+
+def init_distributed(local_rank, device_type):
+    """Join the process group described by the environment (torchrun / torch.distributed.launch):
+    NCCL for CUDA models, gloo for CPU ones (MODEL.DEVICE decides, not the hardware)."""
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", init_method="env://")
+    synchronize()
+
+
+def inference_output_folder(output_dir, dataset_name):
+    """``OUTPUT_DIR/inference/<name>``, with a ``coco:IMG_DIR:ANN_FILE`` name reduced to the
+    annotation file's stem and any character unsafe in a folder name replaced by '_'."""
+    if dataset_name.startswith("coco:"):
+        dataset_name = os.path.splitext(os.path.basename(dataset_name))[0]
+    return os.path.join(output_dir, "inference", re.sub(r"[^\w.-]", "_", dataset_name))
+
+
+def run_test(cfg, model, distributed):
+    """Evaluate ``model`` (unwrapped from DDP) on every DATASETS.TEST entry; results go to
+    OUTPUT_DIR/inference/<dataset>. Returns the evaluation result of each dataset."""
+    if distributed and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
+    results = []
+    for dataset_name, data_loader in zip(cfg.DATASETS.TEST, data_loaders):
+        output_folder = None
+        if cfg.OUTPUT_DIR:
+            output_folder = inference_output_folder(cfg.OUTPUT_DIR, dataset_name)
+            os.makedirs(output_folder, exist_ok=True)
+        results.append(inference(
+            model,
+            data_loader,
+            dataset_name=dataset_name,
+            iou_types=("bbox",),
+            box_only=False,
+            device=cfg.MODEL.DEVICE,
+            expected_results=cfg.TEST.EXPECTED_RESULTS,
+            expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
+            output_folder=output_folder,
+        ))
+        synchronize()
+    return results
