@@ -8,6 +8,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 
 import numpy as np
 import pytest
