@@ -1,0 +1,79 @@
+"""``GeneralizedRCNN``: backbone (ResNet + FPN) followed by the dense ATSS head.
+
+ATSS is a one-stage detector (``MODEL.RPN_ONLY``): the head's post-processed output is the final
+detection list, and there are no ROI heads.
+"""
+import torch
+from torch import nn
+
+from atss_core.structures.image_list import to_image_list
+
+from ..backbone import build_backbone
+from ..fuse import fuse_frozen_bn
+from ..rpn.rpn import build_rpn
+
+__all__ = ["GeneralizedRCNN"]
+
+
+class GeneralizedRCNN(nn.Module):
+    """Detector = ``backbone`` (Sequential(body, fpn)) + ``rpn`` (``ATSSModule``).
+
+    ``forward(images, targets=None)``:
+        images: a ``(3, H, W)`` or ``(N, 3, H, W)`` tensor, a list of ``(3, H_i, W_i)`` tensors, or
+            an ``ImageList``; BGR 0-255 minus PIXEL_MEAN. Tensors and lists are zero-padded at the
+            bottom/right to a multiple of ``DATALOADER.SIZE_DIVISIBILITY``; an ``ImageList`` is
+            used as given.
+        targets: training only, a list of ``BoxList`` (xyxy, field ``labels`` in 1..C, size =
+            the unpadded image (W, H)), one per image.
+    Training returns ``{"loss_cls", "loss_reg", "loss_centerness"}``; evaluation returns one
+    ``BoxList`` per image with fields ``scores`` and ``labels``, in that image's unpadded
+    coordinates.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        if not cfg.MODEL.RPN_ONLY:
+            raise NotImplementedError(
+                "MODEL.RPN_ONLY is False, but this project has no ROI heads (ATSS is one-stage): "
+                "set MODEL.RPN_ONLY True, e.g. with a configs/atss/*.yaml file")
+        self.size_divisibility = cfg.DATALOADER.SIZE_DIVISIBILITY
+        self.backbone = build_backbone(cfg)
+        self.rpn = build_rpn(cfg, self.backbone.out_channels)
+        # set by prepare_for_inference()
+        self.channels_last = False
+        self.inference_only = False
+
+    def prepare_for_inference(self, channels_last=True):
+        """Make evaluation faster, in place, and return the model (in eval mode).
+
+        Folds every FrozenBatchNorm2d into the conv before it (``fuse_frozen_bn``) and, with
+        ``channels_last``, stores conv weights and feeds images in NHWC memory order, which the
+        oneDNN (CPU) and cuDNN kernels run faster. Results stay within the golden tolerances.
+        Call it after loading weights: the state dict changes (norm keys are gone, convs gain
+        biases), and the model can no longer be trained.
+        """
+        self.eval()
+        fuse_frozen_bn(self)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        self.inference_only = True
+        return self
+
+    def forward(self, images, targets=None):
+        if self.training and self.inference_only:
+            raise RuntimeError("this model went through prepare_for_inference() (frozen norms folded into "
+                               "the convs), so it cannot be trained: train a freshly built model instead")
+        if self.training and targets is None:
+            raise ValueError("GeneralizedRCNN in training mode needs targets (a list of BoxList, one per "
+                             "image): pass them, or call model.eval() to get detections")
+        images = to_image_list(images, self.size_divisibility)
+        if targets is not None and len(targets) != len(images.image_sizes):
+            raise ValueError(f"got {len(targets)} targets for {len(images.image_sizes)} images: "
+                             "pass one BoxList per image")
+        batch = images.tensors
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(batch)
+        detections, losses = self.rpn(images, features, targets)
+        return losses if self.training else detections
