@@ -52,9 +52,14 @@ def inference_output_folder(output_dir, dataset_name):
 
 def run_test(cfg, model, distributed):
     """Evaluate ``model`` (unwrapped from DDP) on every DATASETS.TEST entry; results go to
-    OUTPUT_DIR/inference/<dataset>. Returns the evaluation result of each dataset."""
+    OUTPUT_DIR/inference/<dataset>. Returns the evaluation result of each dataset.
+
+    The model is switched, in place, to its inference fast path (frozen norms folded into the
+    convs, channels_last), so it cannot be trained afterwards.
+    """
     if distributed and isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
+    model.prepare_for_inference()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
