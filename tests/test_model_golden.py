@@ -187,6 +187,17 @@ def test_train_losses_targets_and_grads_match_golden(model_on, device):
     assert parameters["backbone.body.stem.conv1.weight"].grad is None
 
 
+def test_channels_last_config_keeps_golden_losses():
+    """MODEL.CHANNELS_LAST only changes memory order: the golden losses still hold."""
+    model = filled_r50("MODEL.CHANNELS_LAST", "True").train()
+    conv = model.backbone.body.layer1[0].conv2.weight  # 3x3: NCHW and NHWC strides differ
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    golden, expected = load_golden("model_train_R50.pt"), load_golden("model_train_R50.json")
+    losses = model(golden_images(load_golden("model_eval_R50.pt"), "cpu"), golden_targets(golden, "cpu"))
+    for name, value in expected["losses"].items():
+        assert math.isclose(losses[name].item(), value, rel_tol=1e-4), (name, losses[name].item(), value)
+
+
 # ----------------------------------------------------------------------------- input handling
 
 def synthetic_images(sizes_hw, seed=0):
