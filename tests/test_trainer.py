@@ -388,3 +388,23 @@ def test_train_net_flags(monkeypatch):
     assert (args.config_file, args.local_rank, args.skip_test) == ("x.yaml", 3, True)
     assert args.opts == ["SOLVER.MAX_ITER", "10"]
     assert train_net.parse_args(["--local_rank=1"]).local_rank == 1
+
+
+def test_logger_hides_debug_lines_until_one_module_asks_for_them(tmp_path):
+    import logging
+
+    from atss_core.utils.logger import setup_logger
+    logger = setup_logger("atss_core", str(tmp_path), 0)
+    assigner_logger = logging.getLogger("atss_core.modeling.rpn.atss.assigners")
+    try:
+        assigner_logger.debug("hidden debug line")
+        logger.info("info line")
+        assigner_logger.setLevel(logging.DEBUG)
+        assigner_logger.debug("requested debug line")
+    finally:
+        assigner_logger.setLevel(logging.NOTSET)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+    text = (tmp_path / "log.txt").read_text()
+    assert "info line" in text and "requested debug line" in text and "hidden debug line" not in text

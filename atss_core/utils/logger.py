@@ -11,9 +11,13 @@ def setup_logger(name, save_dir, distributed_rank, filename="log.txt"):
 
     Processes other than rank 0 get the logger without handlers, so only the main
     process prints. Calling this twice for the same logger does not duplicate lines.
+
+    The logger passes INFO and up; the handlers print whatever reaches them, so one module's
+    DEBUG lines can be switched on alone, e.g. the ATSS assigner's count of boxes without a
+    positive: ``logging.getLogger("atss_core.modeling.rpn.atss.assigners").setLevel("DEBUG")``.
     """
     logger = logging.getLogger(name)
-    logger.setLevel(logging.DEBUG)
+    logger.setLevel(logging.INFO)
     if distributed_rank > 0:
         return logger
     for handler in list(logger.handlers):
@@ -21,12 +25,10 @@ def setup_logger(name, save_dir, distributed_rank, filename="log.txt"):
         handler.close()
     formatter = logging.Formatter(_FORMAT)
     console = logging.StreamHandler(stream=sys.stdout)
-    console.setLevel(logging.DEBUG)
     console.setFormatter(formatter)
     logger.addHandler(console)
     if save_dir:
         log_file = logging.FileHandler(os.path.join(save_dir, filename))
-        log_file.setLevel(logging.DEBUG)
         log_file.setFormatter(formatter)
         logger.addHandler(log_file)
     return logger
