@@ -11,7 +11,8 @@ from atss_core.modeling.matcher import Matcher
 from atss_core.modeling.rpn.anchor_generator import make_anchor_generator_atss
 from atss_core.modeling.rpn.atss import assigners, loss as loss_module
 from atss_core.modeling.rpn.atss.assigners import (
-    ATSSAssigner, IoUAssigner, SSCAssigner, TopKAssigner, box_iou_plus_one, build_assigner)
+    ATSSAssigner, IoUAssigner, SSCAssigner, TopKAssigner, build_assigner)
+from atss_core.structures.boxlist_ops import box_iou_plus_one
 from atss_core.modeling.rpn.atss.box_coder import BoxCoder
 from atss_core.modeling.rpn.atss.loss import make_atss_loss_evaluator
 from atss_core.structures.bounding_box import BoxList

@@ -3,9 +3,6 @@ import torch
 
 from .bounding_box import BoxList
 
-# Width of a one-pixel box under the inclusive pixel convention (see bounding_box.py).
-_TO_REMOVE = 1
-
 
 def _select_after_nms(boxlist, keep, max_proposals):
     if max_proposals > 0:
@@ -56,6 +53,23 @@ def remove_small_boxes(boxlist, min_size):
     return boxlist[keep]
 
 
+def box_iou_plus_one(boxes1, boxes2):
+    """IoU with the legacy "+1" areas ((x2 - x1 + 1) * (y2 - y1 + 1)), as the original's boxlist_iou.
+
+    ``boxes1`` (..., 4) and ``boxes2`` (..., 4) xyxy broadcast against each other: pass
+    ``a[:, None], b[None]`` for the (M, N) pairwise matrix, or equal shapes for paired IoUs.
+    Not differentiable (in-place arithmetic keeps big matrices to few allocations).
+    """
+    x1a, y1a, x2a, y2a = boxes1.unbind(dim=-1)
+    x1b, y1b, x2b, y2b = boxes2.unbind(dim=-1)
+    inter = torch.minimum(x2a, x2b).sub_(torch.maximum(x1a, x1b)).add_(1).clamp_(min=0)
+    inter_h = torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).add_(1).clamp_(min=0)
+    inter.mul_(inter_h)
+    area_a = (x2a - x1a + 1) * (y2a - y1a + 1)
+    area_b = (x2b - x1b + 1) * (y2b - y1b + 1)
+    return inter.div_((area_a + area_b).sub_(inter))
+
+
 def boxlist_iou(boxlist1, boxlist2):
     """Pairwise IoU of two box sets of the same image, with inclusive ("+1") pixel areas.
 
@@ -71,14 +85,7 @@ def boxlist_iou(boxlist1, boxlist2):
             f"boxlist_iou needs boxes of one image size, got {boxlist1.size} and "
             f"{boxlist2.size} (width, height); give both BoxLists the same, unpadded size")
     boxlist1, boxlist2 = boxlist1.convert("xyxy"), boxlist2.convert("xyxy")
-    area1, area2 = boxlist1.area(), boxlist2.area()
-    box1, box2 = boxlist1.bbox, boxlist2.bbox
-
-    top_left = torch.max(box1[:, None, :2], box2[:, :2])  # (N, M, 2)
-    bottom_right = torch.min(box1[:, None, 2:], box2[:, 2:])  # (N, M, 2)
-    overlap_wh = (bottom_right - top_left + _TO_REMOVE).clamp(min=0)  # (N, M, 2)
-    intersection = overlap_wh[..., 0] * overlap_wh[..., 1]  # (N, M)
-    return intersection / (area1[:, None] + area2 - intersection)
+    return box_iou_plus_one(boxlist1.bbox[:, None, :], boxlist2.bbox[None, :, :])
 
 
 def cat_boxlist(bboxes):

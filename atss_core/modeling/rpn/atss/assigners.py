@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from atss_core.modeling.matcher import Matcher
+from atss_core.structures.boxlist_ops import box_iou_plus_one
 
 logger = logging.getLogger(__name__)
 
@@ -80,23 +81,6 @@ class ATSSCandidates:
     iou_threshold: torch.Tensor
     centre_inside: torch.Tensor
     is_positive: torch.Tensor
-
-
-def box_iou_plus_one(boxes1, boxes2):
-    """IoU with the legacy "+1" areas ((x2 - x1 + 1) * (y2 - y1 + 1)), as the original's boxlist_iou.
-
-    ``boxes1`` (..., 4) and ``boxes2`` (..., 4) xyxy broadcast against each other: pass
-    ``a[:, None], b[None]`` for the (M, N) pairwise matrix, or equal shapes for paired IoUs.
-    Not differentiable (in-place arithmetic keeps big matrices to few allocations).
-    """
-    x1a, y1a, x2a, y2a = boxes1.unbind(dim=-1)
-    x1b, y1b, x2b, y2b = boxes2.unbind(dim=-1)
-    inter = torch.minimum(x2a, x2b).sub_(torch.maximum(x1a, x1b)).add_(1).clamp_(min=0)
-    inter_h = torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).add_(1).clamp_(min=0)
-    inter.mul_(inter_h)
-    area_a = (x2a - x1a + 1) * (y2a - y1a + 1)
-    area_b = (x2b - x1b + 1) * (y2b - y1b + 1)
-    return inter.div_((area_a + area_b).sub_(inter))
 
 
 def box_centres(boxes):

@@ -13,17 +13,9 @@ import torch
 
 from atss_core.layers import ml_nms
 from atss_core.structures.bounding_box import BoxList
+from ..utils import flatten_like_anchors
 
 __all__ = ["ATSSPostProcessor", "make_atss_postprocessor"]
-
-
-def _flatten_like_anchors(prediction, values_per_anchor):
-    """``(N, A*K, H, W)`` -> ``(N, H*W*A, K)``, ordered like the anchors (row-major y, x, then A)."""
-    n, channels, height, width = prediction.shape
-    num_anchors = channels // values_per_anchor
-    prediction = prediction.view(n, num_anchors, values_per_anchor, height, width)
-    # free for channels_last predictions; one copy for NCHW ones
-    return prediction.permute(0, 3, 4, 1, 2).reshape(n, -1, values_per_anchor).contiguous()
 
 
 def _rank_within_groups(values, groups):
@@ -100,8 +92,8 @@ class ATSSPostProcessor(torch.nn.Module):
         first_anchor = 0
         for level, (cls_logits, ctr_logits) in enumerate(zip(box_cls, centerness)):
             num_classes = cls_logits.size(1) // ctr_logits.size(1)
-            cls_prob = _flatten_like_anchors(cls_logits, num_classes).sigmoid()  # (N, HWA, C)
-            ctr_prob = _flatten_like_anchors(ctr_logits, 1).sigmoid().view(-1)  # (N * HWA)
+            cls_prob = flatten_like_anchors(cls_logits, num_classes).sigmoid()  # (N, HWA, C)
+            ctr_prob = flatten_like_anchors(ctr_logits, 1).sigmoid().view(-1)  # (N * HWA)
             level_anchors = cls_prob.size(1)
             flat = (cls_prob > self.pre_nms_thresh).view(-1).nonzero().squeeze(1)  # into (N, HWA, C)
             anchor = flat // num_classes  # into (N * HWA)
@@ -118,7 +110,7 @@ class ATSSPostProcessor(torch.nn.Module):
         row, image, label, score = row[top], image[top], label[top], score[top]
 
         # Gather regressions and anchors of the survivors only, then decode them in one call.
-        regression = torch.cat([_flatten_like_anchors(r, 4) for r in box_regression], dim=1).view(-1, 4)
+        regression = torch.cat([flatten_like_anchors(r, 4) for r in box_regression], dim=1).view(-1, 4)
         anchor_boxes = torch.cat([a.bbox for per_image in anchors for a in per_image])
         boxes = self.box_coder.decode(regression[row], anchor_boxes[row])
 

@@ -17,16 +17,10 @@ from torch import nn
 from atss_core.layers import SigmoidFocalLoss
 from atss_core.utils.comm import get_world_size, reduce_sum
 from .assigners import build_assigner, box_centres
+from ..utils import flatten_like_anchors
 
 # Keeps GIoU finite for degenerate (zero-area) boxes; areas have no "+1" here.
 GIOU_EPS = 1e-7
-
-
-def _flatten_per_anchor(prediction, values_per_anchor):
-    """(N, A*K, H, W) -> (N, H*W*A, K), in anchor order (row-major y, x, then the A anchors)."""
-    batch, channels, height, width = prediction.shape
-    prediction = prediction.view(batch, channels // values_per_anchor, values_per_anchor, height, width)
-    return prediction.permute(0, 3, 4, 1, 2).reshape(batch, -1, values_per_anchor)
 
 
 class ATSSLossComputation:
@@ -142,10 +136,10 @@ class ATSSLossComputation:
         """
         labels, reg_targets = self.prepare_targets(targets, anchors)
         num_classes = box_cls[0].shape[1] // centerness[0].shape[1]
-        cls_flat = torch.cat([_flatten_per_anchor(x, num_classes) for x in box_cls], dim=1)
+        cls_flat = torch.cat([flatten_like_anchors(x, num_classes) for x in box_cls], dim=1)
         cls_flat = cls_flat.reshape(-1, num_classes)
-        regression_flat = torch.cat([_flatten_per_anchor(x, 4) for x in box_regression], dim=1).reshape(-1, 4)
-        centerness_flat = torch.cat([_flatten_per_anchor(x, 1) for x in centerness], dim=1).reshape(-1)
+        regression_flat = torch.cat([flatten_like_anchors(x, 4) for x in box_regression], dim=1).reshape(-1, 4)
+        centerness_flat = torch.cat([flatten_like_anchors(x, 1) for x in centerness], dim=1).reshape(-1)
         labels_flat = torch.cat(labels, dim=0)
         reg_targets_flat = torch.cat(reg_targets, dim=0)
         anchors_flat = torch.cat([level.bbox for anchors_per_image in anchors for level in anchors_per_image])
