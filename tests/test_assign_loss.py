@@ -418,6 +418,21 @@ def test_losses_against_torchvision_oracles(positive_type, regression_type, devi
     torch.testing.assert_close(ctr, expected_ctr, rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("low_precision", [torch.bfloat16, torch.float16])
+def test_losses_are_float32_under_mixed_precision(low_precision):
+    """Under autocast the head emits low-precision maps; the losses upcast them and run in
+    float32, equal to the float32 losses of the same (rounded) head outputs."""
+    box_cls, box_regression, centerness, targets, anchors = _small_batch(cfg, "BOX")
+    rounded = [[x.detach().to(low_precision) for x in maps] for maps in (box_cls, box_regression, centerness)]
+    evaluator = make_atss_loss_evaluator(cfg, BoxCoder(cfg))
+    expected = evaluator(*[[x.float() for x in maps] for maps in rounded], targets, anchors)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = evaluator(*rounded, targets, anchors)
+    for loss, want in zip(losses, expected):
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(loss, want, rtol=0, atol=0)
+
+
 def test_no_positives_gives_zero_losses_that_stay_in_the_graph():
     box_cls, box_regression, centerness, targets, anchors = _small_batch(cfg, "BOX", with_gts=False)
     evaluator = make_atss_loss_evaluator(cfg, BoxCoder(cfg))

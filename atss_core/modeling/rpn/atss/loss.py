@@ -132,8 +132,15 @@ class ATSSLossComputation:
         Returns:
             (loss_cls, loss_reg, loss_centerness): 0-dim tensors; loss_reg includes
             REG_LOSS_WEIGHT. Without any positive, loss_reg and loss_centerness are 0 but stay in
-            the graph (so every parameter still gets a gradient, as DDP requires).
+            the graph (so every parameter still gets a gradient, as DDP requires). Always float32:
+            under mixed precision the head outputs are upcast and autocast is off in here, since
+            the sums over ~10^5 anchors and the exp/log terms need float32.
         """
+        with torch.autocast(box_cls[0].device.type, enabled=False):
+            return self._losses([x.float() for x in box_cls], [x.float() for x in box_regression],
+                                [x.float() for x in centerness], targets, anchors)
+
+    def _losses(self, box_cls, box_regression, centerness, targets, anchors):
         labels, reg_targets = self.prepare_targets(targets, anchors)
         num_classes = box_cls[0].shape[1] // centerness[0].shape[1]
         cls_flat = torch.cat([flatten_like_anchors(x, num_classes) for x in box_cls], dim=1)
