@@ -109,19 +109,31 @@ ATSS_HOST_DEVICE SamplingPoint<T> sampling_point(const DeformGeometry& g, const 
   return s;
 }
 
-// One entry of the im2col matrix (C*K, L): entry index = (c*K + k)*L + l.
+// Position of im2col entry `index` = (c*K + k)*L + l in the matrix (C*K, L):
+// input channel c, kernel tap k, output pixel l, and c's deformable group.
+struct ColumnEntry {
+  int64_t channel, tap, pixel, group;
+};
+
+ATSS_HOST_DEVICE ColumnEntry column_entry(const DeformGeometry& g, int64_t index) {
+  const int64_t pixels = g.out_h * g.out_w;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  ColumnEntry e;
+  e.pixel = index % pixels;
+  e.tap = (index / pixels) % taps;
+  e.channel = index / (pixels * taps);
+  e.group = e.channel / (g.channels / g.deformable_groups);
+  return e;
+}
+
+// Value of im2col entry `index` (layout above).
 //   input: (C, H, W) of one image
 template <typename T>
 ATSS_HOST_DEVICE T deform_column_value(const DeformGeometry& g, const T* input,
                                        const T* offset, const T* mask, int64_t index) {
-  const int64_t pixels = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  const int64_t l = index % pixels;
-  const int64_t k = (index / pixels) % taps;
-  const int64_t c = index / (pixels * taps);
-  const int64_t dg = c / (g.channels / g.deformable_groups);
-  const SamplingPoint<T> s = sampling_point(g, offset, mask, dg, k, l);
-  const T* plane = input + c * g.height * g.width;
+  const ColumnEntry e = column_entry(g, index);
+  const SamplingPoint<T> s = sampling_point(g, offset, mask, e.group, e.tap, e.pixel);
+  const T* plane = input + e.channel * g.height * g.width;
   return s.modulation * bilinear_sample(plane, s.h, s.w, g.height, g.width);
 }
 
@@ -133,19 +145,14 @@ ATSS_HOST_DEVICE void deform_scatter_column_grad(const DeformGeometry& g, T colu
                                                  const T* offset, const T* mask,
                                                  int64_t index, T* grad_input,
                                                  AddFn add) {
-  const int64_t pixels = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  const int64_t l = index % pixels;
-  const int64_t k = (index / pixels) % taps;
-  const int64_t c = index / (pixels * taps);
-  const int64_t dg = c / (g.channels / g.deformable_groups);
-  const SamplingPoint<T> s = sampling_point(g, offset, mask, dg, k, l);
+  const ColumnEntry e = column_entry(g, index);
+  const SamplingPoint<T> s = sampling_point(g, offset, mask, e.group, e.tap, e.pixel);
   if (!inside_sampling_range(s.h, s.w, g.height, g.width)) {
     return;
   }
   const BilinearCorners<T> corners = bilinear_corners(s.h, s.w, g.height, g.width);
   const T top_grad = column_grad * s.modulation;
-  T* plane_grad = grad_input + c * g.height * g.width;
+  T* plane_grad = grad_input + e.channel * g.height * g.width;
   for (int i = 0; i < 4; ++i) {
     if (corners.valid[i]) {
       add(plane_grad + corners.index[i], corners.weight[i] * top_grad);
