@@ -26,7 +26,6 @@ from PIL import Image
 
 from atss_core.data.transforms import build_transforms
 from atss_core.modeling.detector import build_detection_model
-from atss_core.modeling.fuse import fuse_frozen_bn
 from atss_core.structures.image_list import to_image_list
 from atss_core.utils.checkpoint import DetectronCheckpointer
 from atss_core.utils.imports import import_file
@@ -141,7 +140,8 @@ class COCODemo:
         confidence_threshold: one threshold for every class; overrides the per-class list.
         class_names: ``("__background", name_1, ...)``; None reads them as
             ``class_names_from_config`` does.
-        fuse: fold frozen/eval batch norms into the convs of the (inference-only) model copy.
+        fuse: run the model's inference fast path (``prepare_for_inference``: batch norms folded
+            into the convs, channels_last), as tools/test_net.py does.
     """
 
     CATEGORIES = COCO_CATEGORIES
@@ -160,9 +160,10 @@ class COCODemo:
         model.eval()
         # No save_dir: a last_checkpoint left in OUTPUT_DIR must not replace the weights asked for.
         DetectronCheckpointer(self.cfg, model, save_dir="").load(self.cfg.MODEL.WEIGHT)
+        model.to(self.device)
         if fuse:
-            fuse_frozen_bn(model)
-        self.model = model.to(self.device)
+            model.prepare_for_inference()
+        self.model = model
         self.transforms = build_transforms(self.cfg, is_train=False)
 
         num_classes = self.cfg.MODEL.ATSS.NUM_CLASSES
