@@ -159,7 +159,7 @@ class COCODemo:
         model = build_detection_model(self.cfg)
         model.eval()
         # No save_dir: a last_checkpoint left in OUTPUT_DIR must not replace the weights asked for.
-        DetectronCheckpointer(self.cfg, model, save_dir="").load(self.cfg.MODEL.WEIGHT)
+        DetectronCheckpointer(self.cfg, model, save_dir="").load(self.cfg.MODEL.WEIGHT, allow_shape_mismatch=False)
         model.to(self.device)
         if fuse:
             model.prepare_for_inference()

@@ -369,6 +369,20 @@ def test_other_num_classes_skips_head_with_one_warning(tmp_path, caplog):
         assert torch.equal(value, fresh_cls[key])
 
 
+def test_weights_that_do_not_fit_are_an_error_for_evaluation(tmp_path):
+    """test_net and the demo load with allow_shape_mismatch=False: a skipped head would give a
+    half-random model, so a mismatch is a one-line error naming a key and its two shapes."""
+    torch.save({"model": _TinyHead(80).state_dict()}, tmp_path / "coco.pth")
+    model = _TinyHead(20)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(ValueError) as error:
+        Checkpointer(model).load(str(tmp_path / "coco.pth"), allow_shape_mismatch=False)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("2 weights do not fit the model")
+    assert "e.g. rpn.head.cls_logits.bias (20,) <- rpn.head.cls_logits.bias (80,);" in message
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
+
+
 def test_longest_suffix_wins():
     model = _module_with_parameters([("body.layer1.0.conv1.weight", True),
                                      ("body.stem.conv1.weight", True)])

@@ -64,8 +64,8 @@ def main(argv=None):
     # explicit --ckpt wins over both, so the checkpointer gets no folder to look in then
     checkpointer = DetectronCheckpointer(cfg, model, save_dir="" if args.ckpt else cfg.OUTPUT_DIR)
     try:
-        checkpointer.load(weights)
-    except (FileNotFoundError, pickle.UnpicklingError) as error:
+        checkpointer.load(weights, allow_shape_mismatch=False)
+    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as error:
         sys.exit(f"test_net: {error}")
 
     run_test(cfg, model, distributed)

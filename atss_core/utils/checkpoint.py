@@ -87,13 +87,15 @@ class Checkpointer:
         _atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(save_file)
 
-    def load(self, f=None):
+    def load(self, f=None, allow_shape_mismatch=True):
         """Restore state and return the checkpoint's other entries (e.g. ``iteration``).
 
         When ``save_dir`` has a ``last_checkpoint``, training resumes from it: model,
         optimizer, scheduler and scaler are all restored and ``f`` is ignored. Otherwise
         ``f`` (typically MODEL.WEIGHT) only initialises the model weights, so fine-tuning
-        from a published checkpoint starts a fresh schedule at iteration 0.
+        from a published checkpoint starts a fresh schedule at iteration 0. Weights whose
+        shape does not fit are skipped with a warning, or, with ``allow_shape_mismatch=False``
+        (evaluation, demos), raise ValueError.
 
         Raises:
             FileNotFoundError: ``f`` or the file named in ``last_checkpoint`` is missing.
@@ -108,7 +110,7 @@ class Checkpointer:
             return {}
         self.logger.info("Loading checkpoint from %s", f)
         checkpoint = self._load_file(f)
-        self._load_model(checkpoint)
+        self._load_model(checkpoint, allow_shape_mismatch)
         if not resuming:
             return {}
         for key, target in (("optimizer", self.optimizer), ("scheduler", self.scheduler),
@@ -160,8 +162,8 @@ class Checkpointer:
                 f"refusing to load {f}: it holds objects other than tensors and plain data "
                 f"({first_line})") from None
 
-    def _load_model(self, checkpoint):
-        load_state_dict(self.model, checkpoint.pop("model"))
+    def _load_model(self, checkpoint, allow_shape_mismatch=True):
+        load_state_dict(self.model, checkpoint.pop("model"), allow_shape_mismatch)
 
 
 class DetectronCheckpointer(Checkpointer):

@@ -25,7 +25,7 @@ def _longest_suffix_match(model_key, loaded_keys):
     return None
 
 
-def align_and_update_state_dicts(model_state_dict, loaded_state_dict):
+def align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shape_mismatch=True):
     """Overwrite entries of ``model_state_dict`` (in place) with matching loaded tensors.
 
     A model key takes the loaded tensor whose key is its longest suffix: for example
@@ -38,6 +38,8 @@ def align_and_update_state_dicts(model_state_dict, loaded_state_dict):
     Args:
         model_state_dict (dict[str, Tensor]): the model's ``state_dict()``; updated.
         loaded_state_dict (dict[str, Tensor]): tensors read from a weights file.
+        allow_shape_mismatch (bool): False for evaluation, where a skipped tensor would
+            silently give a half-random model: then a mismatch raises ValueError.
     """
     loaded_keys = set(loaded_state_dict)
     model_keys = sorted(model_state_dict)
@@ -61,6 +63,10 @@ def align_and_update_state_dicts(model_state_dict, loaded_state_dict):
         logger.info("%-*s loaded from %-*s of shape %s", width, model_key, loaded_width,
                     loaded_key, tuple(loaded_tensor.shape))
 
+    if shape_mismatches and not allow_shape_mismatch:
+        raise ValueError(f"{len(shape_mismatches)} weights do not fit the model, e.g. {shape_mismatches[0]}; "
+                         "use the config the weights were trained with (fine-tuning with "
+                         "tools/train_net.py skips such weights instead)")
     if shape_mismatches:
         logger.warning("Skipped %d weights whose shape does not fit the model (they keep their "
                        "initial values, e.g. a head for another NUM_CLASSES): %s",
@@ -76,7 +82,7 @@ def strip_prefix_if_present(state_dict, prefix):
     return OrderedDict((key[len(prefix):], value) for key, value in state_dict.items())
 
 
-def load_state_dict(model, loaded_state_dict):
+def load_state_dict(model, loaded_state_dict, allow_shape_mismatch=True):
     """Load ``loaded_state_dict`` into ``model`` with suffix matching (see above).
 
     A ``module.`` prefix from a DistributedDataParallel-wrapped model is removed first.
@@ -84,5 +90,5 @@ def load_state_dict(model, loaded_state_dict):
     """
     model_state_dict = model.state_dict()
     loaded_state_dict = strip_prefix_if_present(loaded_state_dict, prefix="module.")
-    align_and_update_state_dicts(model_state_dict, loaded_state_dict)
+    align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shape_mismatch)
     model.load_state_dict(model_state_dict)
