@@ -319,6 +319,25 @@ def test_modulated_deform_conv_matches_torchvision(op_path, device, case):
         torch.testing.assert_close(leaves[name].grad, oracle[name].grad, rtol=1e-5, atol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("low_precision", [torch.bfloat16, torch.float16])
+def test_deform_conv_runs_in_float32_under_mixed_precision(op_path, low_precision):
+    """DTYPE float16/bfloat16 training: under autocast the op gets low-precision activations,
+    offsets and masks next to float32 weights, and computes in float32 exactly what it computes
+    for the upcast tensors outside autocast."""
+    t = make_dcn_inputs(DCN_CASES[0], torch.Generator().manual_seed(3))
+    low = {k: t[k].to(low_precision) for k in ("input", "offset", "mask")}
+    expected = modulated_deform_conv(low["input"].float(), low["offset"].float(), low["mask"].float(),
+                                     t["weight"], t["bias"], **t["conv"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = modulated_deform_conv(low["input"], low["offset"], low["mask"], t["weight"], t["bias"],
+                                    **t["conv"])
+        out_v1 = deform_conv(low["input"], low["offset"], t["weight"], **t["conv"])
+    assert out.dtype == out_v1.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(out_v1, deform_conv(low["input"].float(), low["offset"].float(), t["weight"],
+                                                   **t["conv"]), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_deform_conv_with_zero_offsets_is_a_convolution(op_path, device):
     t = make_dcn_inputs(DCN_CASES[1], torch.Generator().manual_seed(10), device=device)

@@ -5,6 +5,7 @@ k = i * kernel_w + j, offset channel ``2 * (g * K + k)`` is the y (row) shift an
 next channel the x (column) shift, K = kernel_h * kernel_w. Mask channel ``g * K + k``
 modulates that tap. Samples are bilinear; pixels outside the input read as 0.
 """
+import torch
 import torchvision
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
@@ -36,6 +37,12 @@ class _DeformConvFunction(Function):
 
 def _deform_conv2d(input, offset, mask, weight, bias, stride, padding, dilation, groups,
                    deformable_groups):
+    if torch.is_autocast_enabled(input.device.type):
+        # Mixed precision (DTYPE float16/bfloat16): the kernels take float32/float64 only and
+        # would get half-precision activations with float32 weights, so this op runs in float32.
+        tensors = [None if t is None else t.float() for t in (input, offset, mask, weight, bias)]
+        with torch.autocast(input.device.type, enabled=False):
+            return _deform_conv2d(*tensors, stride, padding, dilation, groups, deformable_groups)
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     _check_deform_inputs(input, offset, mask, weight, bias, stride, padding, dilation, groups,
                          deformable_groups)
