@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 try:
-    from atss_core.config import cfg as default_cfg
+    from atss_core.config import cfg as default_cfg, merge_config
 except ModuleNotFoundError as missing:
     if missing.name != "atss_core":
         raise
@@ -85,22 +85,6 @@ def parse_args(argv=None):
     if args.num_images is not None and args.num_images <= 0:
         parser.error("--num-images must be positive")
     return args
-
-
-def load_config(config_file, opts):
-    """A frozen copy of the default config merged with ``config_file`` and ``opts``."""
-    if not os.path.isfile(config_file):
-        fail(f"config file {config_file!r} not found; run from the repository root or pass --config-file")
-    cfg = default_cfg.clone()
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(opts or [])
-    except (KeyError, ValueError, AssertionError, TypeError) as error:
-        message = error.args[0] if error.args else repr(error)
-        fail(f"bad config option: {message} (keys are those of atss_core/config/defaults.py, given as "
-             "KEY VALUE pairs after the other arguments)")
-    cfg.freeze()
-    return cfg
 
 
 def _is_quickstart(cfg):
@@ -235,7 +219,10 @@ def open_capture(source, description):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
+    try:
+        cfg = merge_config(default_cfg.clone(), args.config_file, args.opts)
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
 
     weights = args.weights or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if "://" not in weights and not os.path.isfile(weights):

@@ -398,3 +398,19 @@ def test_import_file_errors(tmp_path):
     not_python.write_text("x = 1\n")
     with pytest.raises(ValueError, match=r"\.py"):
         import_file("atss_test_txt_module", str(not_python))
+
+
+def test_merge_config_merges_freezes_and_reports_user_errors_in_one_line(tmp_path):
+    from atss_core.config import cfg, merge_config
+    config_file = REPO_ROOT / "configs" / "atss" / "atss_R_50_FPN_1x.yaml"
+    merged = merge_config(cfg.clone(), str(config_file), ["SOLVER.BASE_LR", "0.02"])
+    assert merged.is_frozen() and merged.SOLVER.BASE_LR == 0.02 and merged.MODEL.ATSS_ON
+    with pytest.raises(FileNotFoundError, match=r"config file '.*nope.yaml' not found; pass an existing yaml"):
+        merge_config(cfg.clone(), str(tmp_path / "nope.yaml"))
+    with pytest.raises(FileNotFoundError, match="no config file given"):
+        merge_config(cfg.clone(), "")
+    for opts, expected in ((["SOLVER.NOPE", "1"], "SOLVER.NOPE"), (["SOLVER.BASE_LR"], "odd length"),
+                           (["SOLVER.BASE_LR", "fast"], "Type mismatch")):
+        with pytest.raises(ValueError) as error:
+            merge_config(cfg.clone(), str(config_file), opts)
+        assert expected in str(error.value) and "\n" not in str(error.value)

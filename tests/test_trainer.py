@@ -368,7 +368,7 @@ def test_train_net_config_errors_are_one_line(tmp_path, monkeypatch):
     config = REPO_ROOT / "configs" / "atss" / "atss_R_50_FPN_1x.yaml"
     cases = [
         ([], "no config file given"),
-        (["--config-file", str(tmp_path / "missing.yaml")], "missing.yaml does not exist"),
+        (["--config-file", str(tmp_path / "missing.yaml")], "missing.yaml' not found; pass an existing yaml with --config-file"),
         (["--config-file", str(config), "SOLVER.NOT_A_KEY", "1"], "SOLVER.NOT_A_KEY"),
         (["--config-file", str(config), "SOLVER.BASE_LR"], "odd length"),
         (["--config-file", str(config), "SOLVER.BASE_LR", "fast"], "Type mismatch"),

@@ -27,7 +27,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from atss_core.config import cfg as default_cfg
+from atss_core.config import cfg as default_cfg, merge_config
 from atss_core.data.build import build_dataset
 from atss_core.data.datasets import COCODataset
 from atss_core.data.transforms import build_transforms
@@ -57,22 +57,6 @@ def parse_args(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=None,
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.ATSS.TOPK 15")
     return parser.parse_args(argv)
-
-
-def load_config(config_file, opts):
-    """A frozen copy of the default config with ``config_file`` and ``opts`` merged in."""
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file {config_file!r} not found; pass an existing yaml with --config-file")
-    cfg = default_cfg.clone()
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(opts or [])
-    except (KeyError, ValueError, AssertionError) as error:
-        message = error.args[0] if error.args else repr(error)
-        raise ValueError(f"bad config option: {message} (keys are those of atss_core/config/defaults.py, "
-                         "given as KEY VALUE pairs)") from None
-    cfg.freeze()
-    return cfg
 
 
 def load_dataset_sample(cfg, dataset_name, index):
@@ -141,7 +125,7 @@ def main(argv=None):
 def run(args):
     """Loads the sample, assigns, prints the summary and writes the figure."""
     start = time.perf_counter()
-    cfg = load_config(args.config_file, args.opts)
+    cfg = merge_config(default_cfg.clone(), args.config_file, args.opts)
     types = [canonical_positive_type(name) for name in args.compare.split(",")] if args.compare else []
     if args.max_gt_panels < 0:
         raise ValueError(f"--max-gt-panels is {args.max_gt_panels}; pass 0 or more")

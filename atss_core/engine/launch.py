@@ -6,31 +6,18 @@ import re
 import torch
 import torch.distributed as dist
 
+from atss_core.config import merge_config
 from atss_core.data import make_data_loader
 from atss_core.engine.inference import inference
 from atss_core.utils.comm import synchronize
 
 
 def load_config(cfg, config_file, opts):
-    """Merge ``config_file`` and the ``KEY VALUE`` overrides ``opts`` into ``cfg`` and freeze it.
-
-    A missing file, an unknown key or a value of the wrong type exits with a one-line message
-    instead of a traceback.
-    """
-    if not config_file:
-        raise SystemExit("error: no config file given: pass --config-file FILE")
-    if not os.path.isfile(config_file):
-        raise SystemExit(f"error: config file {config_file} does not exist; pass an existing yaml "
-                         "with --config-file")
+    """``merge_config`` for train_net / test_net: a user error exits with its one-line message."""
     try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(opts or [])
-    except (KeyError, ValueError, AssertionError, TypeError) as error:
-        message = error.args[0] if error.args else repr(error)
-        raise SystemExit(f"error: bad config option ({message}); check {config_file} and the KEY VALUE "
-                         "pairs on the command line (keys are those of atss_core/config/defaults.py)") from None
-    cfg.freeze()
-    return cfg
+        return merge_config(cfg, config_file, opts)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def init_distributed(local_rank, device_type):
