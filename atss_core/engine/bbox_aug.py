@@ -18,6 +18,7 @@ import torchvision.transforms.functional as TF
 
 from atss_core.config import cfg
 from atss_core.data import transforms as T
+from atss_core.modeling.rpn.atss.inference import keep_top_per_group
 from atss_core.structures.bounding_box import FLIP_LEFT_RIGHT, BoxList
 from atss_core.structures.boxlist_ops import boxlist_ml_nms, cat_boxlist
 from atss_core.structures.image_list import to_image_list
@@ -258,9 +259,5 @@ def _greedy_seeds(count, first, later):
 def keep_top_scores(boxlist, max_detections):
     """The ``max_detections`` highest-scored boxes of ``boxlist`` (all boxes whose score ties with
     the last one are kept, like the original's kthvalue threshold); no cap when <= 0."""
-    count = len(boxlist)
-    if not 0 < max_detections < count:
-        return boxlist
     scores = boxlist.get_field("scores")
-    threshold, _ = torch.kthvalue(scores.cpu(), count - max_detections + 1)
-    return boxlist[scores >= threshold.item()]
+    return boxlist[keep_top_per_group(scores, torch.zeros_like(scores, dtype=torch.int64), max_detections)]

@@ -29,6 +29,19 @@ def _rank_within_groups(values, groups):
     return rank
 
 
+def keep_top_per_group(scores, groups, top_n):
+    """Mask (M,) of the entries whose score is at least the ``top_n``-th best of their group:
+    ties with it survive, as with the original's kthvalue threshold. All True when
+    ``top_n <= 0`` or a group has no more than ``top_n`` entries. scores, groups: (M,)."""
+    if top_n <= 0 or len(scores) == 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    rank = _rank_within_groups(scores, groups)
+    nth_best = torch.full((int(groups.max()) + 1,), -float("inf"), device=scores.device, dtype=scores.dtype)
+    at_cap = rank == top_n - 1
+    nth_best[groups[at_cap]] = scores[at_cap]
+    return scores >= nth_best[groups]
+
+
 class _Detections:
     """Flat detections of a whole batch, each row tagged with its image: ``image`` (M,) int64,
     ``boxes`` (M, 4) xyxy, ``scores`` (M,), ``labels`` (M,) int64 in 1..C."""
@@ -145,16 +158,7 @@ class ATSSPostProcessor(torch.nn.Module):
         groups = candidates.image * (self.num_classes + 1) + candidates.labels
         kept = candidates[ml_nms(candidates.boxes, candidates.scores, groups, self.nms_thresh)]
         kept = kept[torch.argsort(kept.scores, descending=True, stable=True)]
-        if self.fpn_post_nms_top_n <= 0 or len(kept.scores) == 0:
-            return kept
-        # Keep, per image, every score >= its top_n-th best: ties with it survive, as with the
-        # original's kthvalue threshold.
-        rank = _rank_within_groups(kept.scores, kept.image)
-        nth_best = torch.full((int(kept.image.max()) + 1,), -float("inf"), device=rank.device,
-                              dtype=kept.scores.dtype)
-        at_cap = rank == self.fpn_post_nms_top_n - 1
-        nth_best[kept.image[at_cap]] = kept.scores[at_cap]
-        return kept[kept.scores >= nth_best[kept.image]]
+        return kept[keep_top_per_group(kept.scores, kept.image, self.fpn_post_nms_top_n)]
 
 
 def make_atss_postprocessor(config, box_coder):
