@@ -36,10 +36,10 @@ except ModuleNotFoundError as missing:
     sys.exit("atss_demo: error: atss_core is not importable; run `pip install --no-build-isolation -e .` "
              "in the repository root first")
 
+from atss_core.data.build import QUICKSTART_PREFIX
 from predictor import COCODemo
 
 QUICKSTART_CONFIG = "configs/quickstart/atss_mnv2_fpn_shapes.yaml"
-QUICKSTART_PREFIX = "quickstart_shapes"
 DEFAULT_OUTPUT_DIR = "output/demo"
 DEFAULT_NUM_TEST_IMAGES = 8
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from atss_core.data.build import QUICKSTART_PREFIX
 from atss_core.data.transforms import build_transforms
 from atss_core.modeling.detector import build_detection_model
 from atss_core.structures.image_list import to_image_list
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 COCO_THRESHOLDS_FILE = Path(__file__).resolve().with_name("coco_demo_thresholds.json")
 DEFAULT_CONFIDENCE_THRESHOLD = 0.5
 COCO_NUM_CLASSES = 81  # 80 categories + background
-QUICKSTART_PREFIX = "quickstart_shapes"
 
 # The 80 COCO categories in contiguous label order 1..80 (json category id order).
 COCO_CATEGORIES = (
