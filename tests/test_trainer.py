@@ -408,3 +408,27 @@ def test_logger_hides_debug_lines_until_one_module_asks_for_them(tmp_path):
             handler.close()
     text = (tmp_path / "log.txt").read_text()
     assert "info line" in text and "requested debug line" in text and "hidden debug line" not in text
+
+
+@pytest.mark.parametrize("main_process", [True, False])
+def test_only_rank_0_writes_config_and_collects_the_env_report(tmp_path, monkeypatch, main_process):
+    """Ranks share OUTPUT_DIR: one writer for config.yml, and the seconds-long env report is
+    gathered only where it is printed."""
+    train_net = _train_net(monkeypatch)
+    monkeypatch.setattr(train_net, "cfg", default_cfg.clone())
+    monkeypatch.setattr(train_net, "is_main_process", lambda: main_process)
+    env_reports = []
+    monkeypatch.setattr(train_net, "collect_env_info", lambda: env_reports.append(1) or "env")
+
+    class Stop(Exception):
+        pass
+
+    def stop_before_training(*args):
+        raise Stop
+
+    monkeypatch.setattr(train_net, "train", stop_before_training)
+    config = REPO_ROOT / "configs" / "atss" / "atss_R_50_FPN_1x.yaml"
+    with pytest.raises(Stop):
+        train_net.main(["--config-file", str(config), "OUTPUT_DIR", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "config.yml").exists() == main_process
+    assert len(env_reports) == int(main_process)

@@ -18,7 +18,7 @@ from atss_core.engine.launch import init_distributed, load_config, run_test
 from atss_core.modeling.detector import build_detection_model
 from atss_core.utils.checkpoint import DetectronCheckpointer
 from atss_core.utils.collect_env import collect_env_info
-from atss_core.utils.comm import get_rank
+from atss_core.utils.comm import get_rank, is_main_process
 from atss_core.utils.logger import setup_logger
 
 
@@ -55,8 +55,9 @@ def main(argv=None):
     logger.info("Using %d processes", num_processes)
     logger.info("Loaded configuration file %s", args.config_file)
     logger.info("Running with config:\n%s", cfg)
-    logger.info("Collecting env info (might take some time)")
-    logger.info("\n%s", collect_env_info())
+    if is_main_process():  # only rank 0 prints; the report takes seconds to collect
+        logger.info("Collecting env info (might take some time)")
+        logger.info("\n%s", collect_env_info())
 
     model = build_detection_model(cfg)
     model.to(cfg.MODEL.DEVICE)

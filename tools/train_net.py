@@ -28,7 +28,7 @@ from atss_core.solver import (make_grad_scaler, make_lr_scheduler, make_optimize
                               resolve_autocast_dtype)
 from atss_core.utils.checkpoint import DetectronCheckpointer
 from atss_core.utils.collect_env import collect_env_info
-from atss_core.utils.comm import get_rank
+from atss_core.utils.comm import get_rank, is_main_process
 from atss_core.utils.logger import setup_logger
 from atss_core.utils.miscellaneous import mkdir, save_config, seed_all_rng
 
@@ -93,8 +93,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    num_gpus = int(os.environ.get("WORLD_SIZE", 1))
-    args.distributed = num_gpus > 1
+    num_processes = int(os.environ.get("WORLD_SIZE", 1))
+    args.distributed = num_processes > 1
     load_config(cfg, args.config_file, args.opts)
 
     if args.distributed:
@@ -108,17 +108,18 @@ def main(argv=None):
         mkdir(output_dir)
 
     logger = setup_logger("atss_core", output_dir, get_rank())
-    logger.info("Using %d GPUs", num_gpus)
+    logger.info("Using %d processes", num_processes)
     logger.info(args)
 
-    logger.info("Collecting env info (might take some time)")
-    logger.info("\n%s", collect_env_info())
+    if is_main_process():  # only rank 0 prints; the report takes seconds to collect
+        logger.info("Collecting env info (might take some time)")
+        logger.info("\n%s", collect_env_info())
 
     logger.info("Loaded configuration file %s", args.config_file)
     with open(args.config_file) as config_file:
         logger.info("\n%s", config_file.read())
     logger.info("Running with config:\n%s", cfg)
-    if output_dir:
+    if output_dir and is_main_process():  # one writer: ranks share OUTPUT_DIR
         config_path = os.path.join(output_dir, "config.yml")
         logger.info("Saving config into: %s", config_path)
         save_config(cfg, config_path)
