@@ -7,13 +7,14 @@
 
 namespace atss {
 
-// Greedy NMS with "+1" areas over a stable descending score sort; a box is
-// suppressed by a kept box of the same label (any label when `labels` is
-// undefined) whose IoU with it is > threshold. Returns kept indices (int64)
-// in descending-score order.
-//   boxes (N, 4) xyxy, scores (N,), labels (N,) int64 or undefined
-at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
-                   const at::Tensor& labels, double threshold);
+// Greedy NMS pass with "+1" areas over boxes already sorted by descending
+// score (vision.cpp sorts and maps back): a box is suppressed by a kept box of
+// the same label (any label when `sorted_labels` is undefined) whose IoU with
+// it is > threshold. Returns the kept positions (int64, ascending) on the
+// boxes' device.
+//   sorted_boxes (N, 4) xyxy contiguous, sorted_labels (N,) int64 or undefined
+at::Tensor nms_cpu(const at::Tensor& sorted_boxes, const at::Tensor& sorted_labels,
+                   double threshold);
 
 // Element-wise sigmoid focal loss (N, C) when grad_losses is undefined,
 // otherwise d(sum(grad_losses * loss)) / d logits (N, C).
@@ -38,8 +39,8 @@ void deform_offset_mask_grad_cpu(const at::Tensor& grad_columns, const at::Tenso
                                  at::Tensor& grad_mask);
 
 #ifdef WITH_CUDA
-at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
-                    const at::Tensor& labels, double threshold);
+at::Tensor nms_cuda(const at::Tensor& sorted_boxes, const at::Tensor& sorted_labels,
+                    double threshold);
 at::Tensor sigmoid_focal_loss_cuda(const at::Tensor& logits, const at::Tensor& targets,
                                    const at::Tensor& grad_losses, double gamma,
                                    double alpha);

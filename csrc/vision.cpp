@@ -19,9 +19,24 @@ void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores) {
   ATSS_CHECK_SAME_DEVICE(boxes, scores, "nms: boxes", "scores");
 }
 
+at::Tensor greedy_nms_positions(const at::Tensor& sorted_boxes, const at::Tensor& sorted_labels,
+                                double threshold) {
+  ATSS_DISPATCH_DEVICE(sorted_boxes, "nms", nms, sorted_boxes, sorted_labels, threshold);
+}
+
+// Sorts once here for both devices, so the kernels only run the greedy pass.
 at::Tensor nms_dispatch(const at::Tensor& boxes, const at::Tensor& scores,
                         const at::Tensor& labels, double threshold) {
-  ATSS_DISPATCH_DEVICE(boxes, "nms", nms, boxes, scores, labels, threshold);
+  if (boxes.size(0) == 0) {
+    return at::empty({0}, boxes.options().dtype(at::kLong));
+  }
+  // Stable sort: among equal scores the lower index is visited first.
+  const at::Tensor order =
+      std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const at::Tensor sorted_boxes = boxes.index_select(0, order).contiguous();
+  const at::Tensor sorted_labels =
+      labels.defined() ? labels.index_select(0, order).contiguous() : at::Tensor();
+  return order.index_select(0, greedy_nms_positions(sorted_boxes, sorted_labels, threshold));
 }
 
 at::Tensor nms(const at::Tensor& boxes, const at::Tensor& scores, double threshold) {

@@ -35,28 +35,16 @@ std::vector<int64_t> greedy_nms(const T* sorted_boxes, const int64_t* sorted_lab
 
 }  // namespace
 
-at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
-                   const at::Tensor& labels, double threshold) {
-  const int64_t n = boxes.size(0);
-  if (n == 0) {
-    return at::empty({0}, boxes.options().dtype(at::kLong));
-  }
-  // Stable sort: among equal scores the lower index is visited first.
-  const at::Tensor order =
-      std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-  const at::Tensor sorted_boxes = boxes.index_select(0, order).contiguous();
-  const at::Tensor sorted_labels =
-      labels.defined() ? labels.index_select(0, order).contiguous() : at::Tensor();
+at::Tensor nms_cpu(const at::Tensor& sorted_boxes, const at::Tensor& sorted_labels,
+                   double threshold) {
   std::vector<int64_t> kept;
-  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(sorted_boxes.scalar_type(), "nms_cpu", [&] {
     kept = greedy_nms<scalar_t>(
         sorted_boxes.data_ptr<scalar_t>(),
-        sorted_labels.defined() ? sorted_labels.data_ptr<int64_t>() : nullptr, n,
-        static_cast<scalar_t>(threshold));
+        sorted_labels.defined() ? sorted_labels.data_ptr<int64_t>() : nullptr,
+        sorted_boxes.size(0), static_cast<scalar_t>(threshold));
   });
-  const at::Tensor kept_positions =
-      at::tensor(kept, at::TensorOptions().dtype(at::kLong));
-  return order.index_select(0, kept_positions);
+  return at::tensor(kept, at::TensorOptions().dtype(at::kLong));
 }
 
 }  // namespace atss

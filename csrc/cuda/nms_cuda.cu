@@ -55,23 +55,15 @@ __global__ void nms_mask_kernel(int64_t n, int64_t words, T threshold, const T* 
 
 }  // namespace
 
-at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
-                    const at::Tensor& labels, double threshold) {
-  c10::cuda::CUDAGuard device_guard(boxes.device());
-  const int64_t n = boxes.size(0);
-  if (n == 0) {
-    return at::empty({0}, boxes.options().dtype(at::kLong));
-  }
-  const at::Tensor order =
-      std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-  const at::Tensor sorted_boxes = boxes.index_select(0, order).contiguous();
-  const at::Tensor sorted_labels =
-      labels.defined() ? labels.index_select(0, order).contiguous() : at::Tensor();
+at::Tensor nms_cuda(const at::Tensor& sorted_boxes, const at::Tensor& sorted_labels,
+                    double threshold) {
+  c10::cuda::CUDAGuard device_guard(sorted_boxes.device());
+  const int64_t n = sorted_boxes.size(0);
 
   const int64_t words = (n + kBoxesPerWord - 1) / kBoxesPerWord;
-  at::Tensor mask = at::zeros({n, words}, boxes.options().dtype(at::kLong));
+  at::Tensor mask = at::zeros({n, words}, sorted_boxes.options().dtype(at::kLong));
   const dim3 grid(words, words);
-  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(sorted_boxes.scalar_type(), "nms_cuda", [&] {
     nms_mask_kernel<scalar_t><<<grid, kBoxesPerWord, 0, at::cuda::getCurrentCUDAStream()>>>(
         n, words, static_cast<scalar_t>(threshold), sorted_boxes.data_ptr<scalar_t>(),
         optional_data_ptr<int64_t>(sorted_labels),
@@ -94,9 +86,7 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
       removed[w] |= rows[i * words + w];
     }
   }
-  const at::Tensor kept_positions =
-      at::tensor(kept, at::TensorOptions().dtype(at::kLong)).to(boxes.device());
-  return order.index_select(0, kept_positions);
+  return at::tensor(kept, at::TensorOptions().dtype(at::kLong)).to(sorted_boxes.device());
 }
 
 }  // namespace atss
