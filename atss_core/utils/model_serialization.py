@@ -8,6 +8,8 @@ longest (string) suffix, which is the rule of the original implementation.
 import logging
 from collections import OrderedDict
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,19 +40,23 @@ def align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shap
     Args:
         model_state_dict (dict[str, Tensor]): the model's ``state_dict()``; updated.
         loaded_state_dict (dict[str, Tensor]): tensors read from a weights file.
-        allow_shape_mismatch (bool): False for evaluation, where a skipped tensor would
-            silently give a half-random model: then a mismatch raises ValueError.
+        allow_shape_mismatch (bool): False for evaluation and resuming, where a skipped or
+            missing tensor would silently give a half-random model: then every model key
+            must get a tensor of its shape from the file, or ValueError is raised.
     """
-    loaded_keys = set(loaded_state_dict)
+    # Entries that are not tensors (a random dict, say) can match no model weight.
+    loaded_keys = {key for key, value in loaded_state_dict.items() if isinstance(value, torch.Tensor)}
     model_keys = sorted(model_state_dict)
     width = max((len(key) for key in model_keys), default=1)
     loaded_width = max((len(key) for key in loaded_keys), default=1)
 
     shape_mismatches = []
+    missing_keys = []
     num_loaded = 0
     for model_key in model_keys:
         loaded_key = _longest_suffix_match(model_key, loaded_keys)
         if loaded_key is None:
+            missing_keys.append(model_key)
             continue
         loaded_tensor = loaded_state_dict[loaded_key]
         model_shape = tuple(model_state_dict[model_key].shape)
@@ -67,6 +73,10 @@ def align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shap
         raise ValueError(f"{len(shape_mismatches)} weights do not fit the model, e.g. {shape_mismatches[0]}; "
                          "use the config the weights were trained with (fine-tuning with "
                          "tools/train_net.py skips such weights instead)")
+    if missing_keys and not allow_shape_mismatch:
+        raise ValueError(f"{len(missing_keys)} of the model's {len(model_keys)} weights are not in the file, "
+                         f"e.g. {missing_keys[0]}; pass weights trained for this model and config "
+                         "(fine-tuning with tools/train_net.py keeps such weights at their initial values)")
     if shape_mismatches:
         logger.warning("Skipped %d weights whose shape does not fit the model (they keep their "
                        "initial values, e.g. a head for another NUM_CLASSES): %s",
