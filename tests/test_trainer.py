@@ -423,7 +423,7 @@ def test_only_rank_0_writes_config_and_collects_the_env_report(tmp_path, monkeyp
     class Stop(Exception):
         pass
 
-    def stop_before_training(*args):
+    def stop_before_training(*args, **kwargs):
         raise Stop
 
     monkeypatch.setattr(train_net, "train", stop_before_training)

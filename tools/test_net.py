@@ -3,6 +3,11 @@
     python tools/test_net.py --config-file configs/atss/atss_R_50_FPN_1x.yaml \
         MODEL.WEIGHT ATSS_R_50_FPN_1x.pth [KEY VALUE ...]
 
+The weights evaluated are the file named by ``--ckpt`` or by MODEL.WEIGHT on the command line;
+without either, the one OUTPUT_DIR/last_checkpoint names (what training left there), and without
+that, the config file's MODEL.WEIGHT. The log says which file it is. Every weight of the model
+must come from that file.
+
 Multi-process: ``torchrun --nproc_per_node N tools/test_net.py ...`` (WORLD_SIZE > 1 starts a
 process group: NCCL on GPUs, Gloo on CPU). Results go to OUTPUT_DIR/inference/<dataset>.
 """
@@ -14,7 +19,8 @@ import sys
 import torch
 
 from atss_core.config import cfg
-from atss_core.engine.launch import init_distributed, load_config, run_test
+from atss_core.engine.launch import (check_batch_divides, init_distributed, load_config,
+                                     parse_command_line, run_test, stop_on_dist_timeout)
 from atss_core.modeling.detector import build_detection_model
 from atss_core.utils.checkpoint import DetectronCheckpointer
 from atss_core.utils.collect_env import collect_env_info
@@ -31,8 +37,16 @@ def parse_args(argv=None):
     parser.add_argument("--ckpt", default=None, metavar="PATH",
                         help="checkpoint to evaluate; overrides MODEL.WEIGHT and any last_checkpoint in OUTPUT_DIR")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=None,
-                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHT w.pth TEST.IMS_PER_BATCH 2")
-    return parser.parse_args(argv)
+                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHT w.pth TEST.IMS_PER_BATCH 2; "
+                             "MODEL.WEIGHT given here is evaluated even when OUTPUT_DIR has a last_checkpoint")
+    return parse_command_line(parser, sys.argv[1:] if argv is None else argv)
+
+
+def named_weights(args):
+    """The weights file the user named on the command line (--ckpt, else MODEL.WEIGHT among
+    the KEY VALUE pairs, the last one winning as in the config), or None."""
+    named = [value for key, value in zip(args.opts[0::2], args.opts[1::2]) if key == "MODEL.WEIGHT"]
+    return args.ckpt or (named[-1] if named else None)
 
 
 def check_weights(path):
@@ -46,9 +60,15 @@ def main(argv=None):
     num_processes = int(os.environ.get("WORLD_SIZE", 1))
     distributed = num_processes > 1
     load_config(cfg, args.config_file, args.opts)
+    check_batch_divides(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH", num_processes)
+    with stop_on_dist_timeout(cfg.DIST_TIMEOUT, distributed):
+        evaluate(args, distributed, num_processes)
+
+
+def evaluate(args, distributed, num_processes):
     if distributed:
-        init_distributed(args.local_rank, torch.device(cfg.MODEL.DEVICE).type)
-    weights = args.ckpt or cfg.MODEL.WEIGHT
+        init_distributed(args.local_rank, torch.device(cfg.MODEL.DEVICE).type, cfg.DIST_TIMEOUT)
+    weights = named_weights(args)
     check_weights(weights)
 
     logger = setup_logger("atss_core", "", get_rank())
@@ -61,11 +81,21 @@ def main(argv=None):
 
     model = build_detection_model(cfg)
     model.to(cfg.MODEL.DEVICE)
-    # OUTPUT_DIR/last_checkpoint, when present, wins over MODEL.WEIGHT (as in the original); an
-    # explicit --ckpt wins over both, so the checkpointer gets no folder to look in then
-    checkpointer = DetectronCheckpointer(cfg, model, save_dir="" if args.ckpt else cfg.OUTPUT_DIR)
+    # A file named on the command line is evaluated as it is. Otherwise what training left in
+    # OUTPUT_DIR/last_checkpoint wins over the config file's MODEL.WEIGHT (as in the original:
+    # there MODEL.WEIGHT usually names the ImageNet weights that training started from).
+    checkpointer = DetectronCheckpointer(cfg, model, save_dir=cfg.OUTPUT_DIR)
+    if weights is not None:
+        source = f"{weights} (named on the command line)"
+    elif checkpointer.has_checkpoint():
+        source = (f"{checkpointer.get_checkpoint_file()} (named by {cfg.OUTPUT_DIR}/last_checkpoint, which wins "
+                  "over the config file's MODEL.WEIGHT; pass --ckpt or MODEL.WEIGHT to evaluate another file)")
+    else:
+        weights = cfg.MODEL.WEIGHT
+        source = f"{weights} (MODEL.WEIGHT of {args.config_file})"
+    logger.info("Evaluating weights from %s", source)
     try:
-        checkpointer.load(weights, allow_shape_mismatch=False)
+        checkpointer.load(weights, allow_shape_mismatch=False, use_last_checkpoint=weights is None)
     except (FileNotFoundError, ValueError, pickle.UnpicklingError) as error:
         sys.exit(f"test_net: {error}")
 

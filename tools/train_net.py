@@ -9,9 +9,14 @@ Several processes (one per GPU, or CPU processes with the gloo backend)::
 
     torchrun --nproc_per_node 8 tools/train_net.py --config-file ... [KEY VALUE ...]
 
-Training resumes from OUTPUT_DIR/last_checkpoint when it exists.
+Training resumes from OUTPUT_DIR/last_checkpoint when it exists (the log names the file and
+iteration); ``--no-resume`` starts fresh in the same folder instead, from MODEL.WEIGHT at
+iteration 0. On resume the lr schedule follows the current config (SOLVER.BASE_LR, STEPS,
+GAMMA, WARMUP_*, ...), and every such setting that changed since the checkpoint is logged.
+One training run at a time may use an OUTPUT_DIR (OUTPUT_DIR/train.lock holds its pid).
 """
 import argparse
+import logging
 import os
 import pickle
 import sys
@@ -21,20 +26,51 @@ import torch.distributed as dist
 
 from atss_core.config import cfg
 from atss_core.data import make_data_loader
-from atss_core.engine.launch import init_distributed, load_config, run_test
+from atss_core.engine.launch import (check_batch_divides, init_distributed, load_config,
+                                     parse_command_line, run_test, stop_on_dist_timeout)
 from atss_core.engine.trainer import do_train
 from atss_core.modeling.detector import build_detection_model
 from atss_core.solver import (make_grad_scaler, make_lr_scheduler, make_optimizer,
                               resolve_autocast_dtype)
-from atss_core.utils.checkpoint import DetectronCheckpointer
+from atss_core.utils.checkpoint import (DetectronCheckpointer, DiskFullError, OutputDirInUseError,
+                                        lock_output_dir, remove_partial_files)
 from atss_core.utils.collect_env import collect_env_info
 from atss_core.utils.comm import get_rank, is_main_process
 from atss_core.utils.logger import setup_logger
 from atss_core.utils.miscellaneous import mkdir, save_config, seed_all_rng
 
+# Saved with every checkpoint; on resume, each one that differs from the current config is
+# logged (the run goes on with the current value; see Checkpointer.load).
+RESUME_SETTINGS = (
+    "MODEL.ATSS.NUM_CLASSES", "SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR",
+    "SOLVER.BIAS_LR_FACTOR", "SOLVER.MOMENTUM", "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_BIAS",
+    "SOLVER.STEPS", "SOLVER.GAMMA", "SOLVER.WARMUP_FACTOR", "SOLVER.WARMUP_ITERS", "SOLVER.WARMUP_METHOD",
+)
 
-def train(cfg, local_rank, distributed):
-    """Build model, optimizer and data, restore any checkpoint, and run the iterations."""
+
+def resume_settings(cfg):
+    """``{key: value}`` of RESUME_SETTINGS in ``cfg`` (tuples as lists: plain checkpoint data)."""
+    settings = {}
+    for key in RESUME_SETTINGS:
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        settings[key] = list(value) if isinstance(value, tuple) else value
+    return settings
+
+
+def check_solver_settings(cfg):
+    """Refuse, in one line, schedules that cannot train (the loop would divide by zero or do nothing)."""
+    for key in ("MAX_ITER", "CHECKPOINT_PERIOD"):
+        if cfg.SOLVER[key] <= 0:
+            raise SystemExit(f"error: SOLVER.{key} must be a positive number of iterations, got {cfg.SOLVER[key]}")
+
+
+def train(cfg, local_rank, distributed, resume=True):
+    """Build model, optimizer and data, restore any checkpoint (OUTPUT_DIR/last_checkpoint
+    unless ``resume`` is False), and run the iterations. A checkpoint at or past MAX_ITER is
+    evaluated without training (logged)."""
+    logger = logging.getLogger("atss_core.trainer")
     device = torch.device(cfg.MODEL.DEVICE)
     if cfg.MODEL.USE_SYNCBN and distributed and device.type == "cpu":
         # torch's SyncBatchNorm raises on CPU tensors at the first forward of every process.
@@ -61,18 +97,30 @@ def train(cfg, local_rank, distributed):
 
     arguments = {"iteration": 0}
     checkpointer = DetectronCheckpointer(cfg, model, optimizer, scheduler, cfg.OUTPUT_DIR,
-                                         save_to_disk=get_rank() == 0, scaler=scaler)
+                                         save_to_disk=get_rank() == 0, scaler=scaler,
+                                         settings=resume_settings(cfg))
+    resuming = resume and checkpointer.has_checkpoint()
     try:
-        extra_checkpoint_data = checkpointer.load(cfg.MODEL.WEIGHT)
+        extra_checkpoint_data = checkpointer.load(cfg.MODEL.WEIGHT, use_last_checkpoint=resume)
     except (FileNotFoundError, ValueError, pickle.UnpicklingError) as error:
-        raise SystemExit(f"error: cannot load weights: {error}") from None
+        fresh = (f"; to start fresh in {cfg.OUTPUT_DIR} pass --no-resume (or delete its last_checkpoint)"
+                 if resuming else "")
+        raise SystemExit(f"error: cannot load weights: {error}{fresh}") from None
     arguments.update(extra_checkpoint_data)
+    if arguments["iteration"] >= cfg.SOLVER.MAX_ITER:
+        logger.warning("The checkpoint in %s is at iteration %d, SOLVER.MAX_ITER is %d: nothing left to "
+                       "train, going on to evaluation (raise SOLVER.MAX_ITER to train longer, or pass "
+                       "--no-resume to start over)", cfg.OUTPUT_DIR, arguments["iteration"], cfg.SOLVER.MAX_ITER)
+        return model
 
+    autocast_dtype = resolve_autocast_dtype(cfg)
+    if autocast_dtype is torch.float16 and device.type == "cpu":
+        logger.warning("DTYPE float16 on CPU is about 10x slower than bfloat16 (CPUs have few float16 "
+                       "kernels); DTYPE bfloat16 gives the same mixed-precision savings")
     data_loader = make_data_loader(cfg, is_train=True, is_distributed=distributed,
                                    start_iter=arguments["iteration"])
     do_train(model, data_loader, optimizer, scheduler, checkpointer, device,
-             cfg.SOLVER.CHECKPOINT_PERIOD, arguments, scaler=scaler,
-             autocast_dtype=resolve_autocast_dtype(cfg))
+             cfg.SOLVER.CHECKPOINT_PERIOD, arguments, scaler=scaler, autocast_dtype=autocast_dtype)
     return model
 
 
@@ -86,9 +134,12 @@ def parse_args(argv=None):
                         default=int(os.environ.get("LOCAL_RANK", 0)))
     parser.add_argument("--skip-test", dest="skip_test", action="store_true",
                         help="Do not test the final model")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="start fresh (MODEL.WEIGHT, iteration 0) even when OUTPUT_DIR has a "
+                             "last_checkpoint, which is otherwise resumed; later checkpoints replace it")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="Modify config options using the command-line")
-    return parser.parse_args(argv)
+                        help="Modify config options using the command-line (KEY VALUE pairs)")
+    return parse_command_line(parser, sys.argv[1:] if argv is None else argv)
 
 
 def main(argv=None):
@@ -96,20 +147,39 @@ def main(argv=None):
     num_processes = int(os.environ.get("WORLD_SIZE", 1))
     args.distributed = num_processes > 1
     load_config(cfg, args.config_file, args.opts)
+    check_solver_settings(cfg)
+    check_batch_divides(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", num_processes)
+    if not args.skip_test:
+        check_batch_divides(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH", num_processes)
+    with stop_on_dist_timeout(cfg.DIST_TIMEOUT, args.distributed):
+        run(args, num_processes)
 
+
+def run(args, num_processes):
+    """Everything after the config checks: join the process group, train, evaluate."""
     if args.distributed:
-        init_distributed(args.local_rank, torch.device(cfg.MODEL.DEVICE).type)
+        init_distributed(args.local_rank, torch.device(cfg.MODEL.DEVICE).type, cfg.DIST_TIMEOUT)
     # Same seed on every process (DDP starts all replicas from rank 0's weights anyway);
     # the data sampler splits the data between processes.
     seed_all_rng(cfg.get("SEED", 0))
 
     output_dir = cfg.OUTPUT_DIR
+    removed = []
     if output_dir:
         mkdir(output_dir)
+        if is_main_process():  # one lock per job: the ranks share OUTPUT_DIR
+            try:
+                lock_output_dir(output_dir)
+            except OutputDirInUseError as error:
+                raise SystemExit(f"error: {error}") from None
+            removed = remove_partial_files(output_dir)
 
     logger = setup_logger("atss_core", output_dir, get_rank())
     logger.info("Using %d processes", num_processes)
     logger.info(args)
+    if removed:
+        logger.info("Removed %d partial files that an interrupted run left in %s: %s",
+                    len(removed), output_dir, ", ".join(removed))
 
     if is_main_process():  # only rank 0 prints; the report takes seconds to collect
         logger.info("Collecting env info (might take some time)")
@@ -125,8 +195,8 @@ def main(argv=None):
         save_config(cfg, config_path)
 
     try:
-        model = train(cfg, args.local_rank, args.distributed)
-    except FloatingPointError as error:
+        model = train(cfg, args.local_rank, args.distributed, resume=args.resume)
+    except (FloatingPointError, DiskFullError) as error:
         raise SystemExit(f"error: {error}") from None
 
     if not args.skip_test:

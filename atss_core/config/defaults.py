@@ -395,3 +395,7 @@ _C.DTYPE = "float32"
 # Keep conv weights and input batches in channels_last (NHWC) memory order, in training
 # and evaluation. Same numbers up to float rounding; faster convolutions on CPU and GPU.
 _C.MODEL.CHANNELS_LAST = False
+
+# Seconds a process waits for the others in a collective (and at start-up) before the job
+# stops with one line naming the timeout; torch's default. Only used by multi-process runs.
+_C.DIST_TIMEOUT = 1800

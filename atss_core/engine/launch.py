@@ -1,5 +1,7 @@
-"""What tools/train_net.py and tools/test_net.py share: config loading with one-line errors,
-joining the process group, and the evaluation loop over DATASETS.TEST."""
+"""What tools/train_net.py and tools/test_net.py share: command-line parsing, config loading
+with one-line errors, joining the process group, and the evaluation loop over DATASETS.TEST."""
+import contextlib
+import datetime
 import os
 import re
 
@@ -9,24 +11,88 @@ import torch.distributed as dist
 from atss_core.config import merge_config
 from atss_core.data import make_data_loader
 from atss_core.engine.inference import inference
+from atss_core.solver import resolve_autocast_dtype
 from atss_core.utils.comm import synchronize
 
 
+def parse_command_line(parser, argv=None):
+    """``parser.parse_args`` for a parser whose last argument, ``opts``, collects the KEY VALUE
+    pairs (argparse.REMAINDER): flags written after the pairs (``... SOLVER.MAX_ITER 20
+    --skip-test``) are parsed as flags too instead of ending up among the pairs."""
+    args = parser.parse_args(argv)
+    flag_positions = [index for index, token in enumerate(args.opts) if token.startswith("--")]
+    if not flag_positions:
+        return args
+    leading = list(argv)[:len(argv) - len(args.opts)]
+    pairs, trailing = args.opts[:flag_positions[0]], args.opts[flag_positions[0]:]
+    reparsed = parse_command_line(parser, leading + trailing)
+    reparsed.opts = pairs + reparsed.opts
+    return reparsed
+
+
 def load_config(cfg, config_file, opts):
-    """``merge_config`` for train_net / test_net: a user error exits with its one-line message."""
+    """``merge_config`` for train_net / test_net, plus the checks that need the merged config
+    (MODEL.DEVICE usable here, a known DTYPE): a user error exits with its one-line message."""
     try:
-        return merge_config(cfg, config_file, opts)
+        merge_config(cfg, config_file, opts)
+        resolve_autocast_dtype(cfg)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
+    check_device(cfg.MODEL.DEVICE)
+    return cfg
 
 
-def init_distributed(local_rank, device_type):
+def check_device(device_name):
+    """Exit with one line when MODEL.DEVICE is no device name or names a GPU torch cannot see."""
+    try:
+        device = torch.device(device_name)
+    except RuntimeError:
+        raise SystemExit(f"error: MODEL.DEVICE {device_name!r} is not a device name; use cpu or cuda") from None
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit(f"error: MODEL.DEVICE is {device_name!r} but torch sees no GPU on this machine; "
+                         "pass MODEL.DEVICE cpu (or check the CUDA driver and CUDA_VISIBLE_DEVICES)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise SystemExit(f"error: MODEL.DEVICE is {device_name!r} but torch sees {torch.cuda.device_count()} "
+                         "GPU(s); pass MODEL.DEVICE cuda")
+
+
+def check_batch_divides(images_per_batch, key, num_processes):
+    """Exit before the processes meet when ``key`` (a total batch) does not split evenly over
+    ``num_processes``; only the first process prints the line, so the job prints it once."""
+    if images_per_batch > 0 and images_per_batch % num_processes == 0:
+        return
+    if int(os.environ.get("RANK", 0)) != 0:
+        raise SystemExit(1)
+    raise SystemExit(f"error: {key} ({images_per_batch}) must be a positive multiple of the number of "
+                     f"processes ({num_processes}); change {key} or the number of processes")
+
+
+def init_distributed(local_rank, device_type, timeout_s):
     """Join the process group described by the environment (torchrun / torch.distributed.launch):
-    NCCL for CUDA models, gloo for CPU ones (MODEL.DEVICE decides, not the hardware)."""
+    NCCL for CUDA models, gloo for CPU ones (MODEL.DEVICE decides, not the hardware). A
+    collective that waits more than ``timeout_s`` seconds (DIST_TIMEOUT) for another process
+    raises; run the job inside ``stop_on_dist_timeout`` to turn that into one line."""
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", init_method="env://")
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", init_method="env://",
+                            timeout=datetime.timedelta(seconds=timeout_s))
     synchronize()
+
+
+@contextlib.contextmanager
+def stop_on_dist_timeout(timeout_s, distributed):
+    """Turn a collective (or the start-up rendezvous) that timed out after ``timeout_s``
+    seconds into a one-line exit of this process, which torchrun then ends the job with."""
+    try:
+        yield
+    except RuntimeError as error:  # gloo, NCCL and the rendezvous store all raise RuntimeErrors
+        if not distributed or "timed out" not in str(error).lower():
+            raise
+        raise SystemExit(f"error: process {os.environ.get('RANK', 0)} waited DIST_TIMEOUT={timeout_s} s for the other "
+                         "processes: one of them is stopped, hung or dead (see its log); raise "
+                         "DIST_TIMEOUT if a step legitimately takes longer") from None
 
 
 def inference_output_folder(output_dir, dataset_name):

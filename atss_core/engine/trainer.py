@@ -97,8 +97,9 @@ def do_train(model, data_loader, optimizer, scheduler, checkpointer, device, che
             values = ", ".join(f"{name}={loss.item():.4g}" for name, loss in loss_dict.items())
             raise FloatingPointError(
                 f"non-finite loss at iteration {iteration} (rank {get_rank()}: {values}); "
-                f"batch: {_describe_batch(data_loader, image_indices)}. Training stopped; "
-                "try a lower SOLVER.BASE_LR or check these images' annotations")
+                f"batch: {_describe_batch(data_loader, image_indices)}. Training stopped; check "
+                "these images' annotations or rerun with a lower SOLVER.BASE_LR (the rerun resumes "
+                "from the last checkpoint with the config's lr schedule)")
 
         # Averaged over processes for logging only; the backward uses the local losses.
         loss_dict_reduced = reduce_loss_dict(loss_dict)
