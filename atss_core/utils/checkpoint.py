@@ -323,8 +323,9 @@ class Checkpointer:
             raise pickle.UnpicklingError(
                 f"refusing to load {f}: it holds objects other than tensors and plain data "
                 f"({first_line})") from None
-        except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
-            # Text files, truncated downloads and other non-checkpoints fail in many ways.
+        except Exception as error:  # noqa: BLE001
+            # Text files, truncated downloads and other non-checkpoints fail in many ways
+            # (RuntimeError, EOFError, KeyError, IndexError, ...).
             detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(f"weights file {f} is not a readable PyTorch checkpoint ({detail}); "
                              "it may be truncated or of another format: copy or download it again") from None
