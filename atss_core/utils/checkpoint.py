@@ -31,6 +31,9 @@ _PARTIAL_FILE = re.compile(r"^\..+\.\d+\.tmp$")
 class DiskFullError(OSError):
     """A checkpoint could not be written for lack of space; the message is one line."""
 
+    def __str__(self):
+        return self.strerror
+
 
 class OutputDirInUseError(RuntimeError):
     """Another live training run holds the output folder's lock."""
@@ -132,6 +135,15 @@ def _unlock(path, owner):
                 os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _unpickler_problem(message):
+    """What torch's multi-line weights_only error says was wrong (e.g. "Unsupported global:
+    GLOBAL os.system was not an allowed global by default"), else its first line."""
+    found = re.search(r"Unsupported [^\n]*", message)
+    if found:
+        return found.group(0).split(". Please")[0]
+    return message.strip().splitlines()[0] if message.strip() else "unreadable pickle"
 
 
 class Checkpointer:
@@ -317,12 +329,12 @@ class Checkpointer:
             # weights_only: a checkpoint may hold tensors and plain data, never code.
             checkpoint = torch.load(f, map_location=torch.device("cpu"), weights_only=True)
         except pickle.UnpicklingError as error:
-            first_line = str(error).strip().splitlines()[0]
-            if "Weights only load failed" not in first_line:
-                raise ValueError(f"weights file {f} is not a PyTorch checkpoint ({first_line})") from None
+            detail = _unpickler_problem(str(error))
+            if "global" not in detail.lower():  # not code, just not a pickle torch can read
+                raise ValueError(f"weights file {f} is not a PyTorch checkpoint ({detail})") from None
             raise pickle.UnpicklingError(
                 f"refusing to load {f}: it holds objects other than tensors and plain data "
-                f"({first_line})") from None
+                f"({detail})") from None
         except Exception as error:  # noqa: BLE001
             # Text files, truncated downloads and other non-checkpoints fail in many ways
             # (RuntimeError, EOFError, KeyError, IndexError, ...).
