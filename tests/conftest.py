@@ -46,6 +46,17 @@ def weightfill():
     return module
 
 
+def one_line_exit(main, argv):
+    """The message a command-line tool's ``main(argv)`` exits with; asserts it is a failure
+    (exit status != 0) told in one line, without a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = str(exit_info.value.code)
+    assert exit_info.value.code not in (0, None)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -29,7 +29,7 @@ from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.boxlist_ops import boxlist_iou
 from atss_core.structures.image_list import to_image_list
 
-from conftest import DEVICES, REPO_ROOT, load_golden
+from conftest import DEVICES, REPO_ROOT, load_golden, one_line_exit
 
 JSON_CATEGORY_IDS = [3, 7, 12]  # deliberately not 1..3, to exercise the label -> json id mapping
 
@@ -507,11 +507,7 @@ def test_net(monkeypatch):
 
 
 def _run_expecting_exit(test_net, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        test_net.main(argv)
-    message = str(exit_info.value.code)
-    assert "\n" not in message and "Traceback" not in message
-    return message
+    return one_line_exit(test_net.main, argv)
 
 
 def test_test_net_user_errors(test_net, tmp_path):
