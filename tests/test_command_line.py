@@ -312,6 +312,14 @@ def test_float16_on_cpu_warns_once_and_suggests_bfloat16(tmp_path, train_net, tr
 
 
 def test_second_run_in_a_live_runs_output_dir_is_refused(tmp_path, train_net, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(train_net, "train", stop)  # nothing here trains
+    monkeypatch.setattr(train_net, "collect_env_info", lambda: "env")
     output_dir = tmp_path / "out"
     output_dir.mkdir()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -326,14 +334,6 @@ def test_second_run_in_a_live_runs_output_dir_is_refused(tmp_path, train_net, mo
         live.wait()
 
     # Its process gone (kill -9), the next run takes the folder over and removes the partial file.
-    class Stop(Exception):
-        pass
-
-    def stop(*args, **kwargs):
-        raise Stop
-
-    monkeypatch.setattr(train_net, "train", stop)
-    monkeypatch.setattr(train_net, "collect_env_info", lambda: "env")
     monkeypatch.setattr(train_net, "cfg", default_cfg.clone())
     with pytest.raises(Stop):
         train_net.main(["--config-file", str(QUICKSTART), *SMALL, "OUTPUT_DIR", str(output_dir)])
