@@ -3,6 +3,7 @@ for evaluation, unreadable weight files and a full disk give one line, last_chec
 relative to its folder, a resumed schedule follows the config, and one training run owns an
 output folder at a time."""
 import errno
+import io
 import logging
 import os
 import pickle
@@ -286,6 +287,25 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tm
     resumed = Checkpointer(_TinyDetector(), save_dir=str(tmp_path))
     assert resumed.load() == {"iteration": 1}
     _assert_weights_equal(resumed.model, saved)
+
+
+class _FillsUpAfter1000Bytes(io.FileIO):
+    def write(self, data):
+        if self.tell() + len(data) > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_disk_full_inside_torch_save_is_recognised(tmp_path, monkeypatch):
+    """torch.save reports a failed write as a RuntimeError ("unexpected pos ..."): the ENOSPC
+    behind it must still give the disk-full line."""
+    checkpointer = Checkpointer(_TinyDetector(), save_dir=str(tmp_path), save_to_disk=True)
+    checkpointer.save("model_0000001", iteration=1)
+    monkeypatch.setattr(checkpoint_module, "open", _FillsUpAfter1000Bytes, raising=False)
+    with pytest.raises(DiskFullError, match=f"^no space left on device while writing {tmp_path / 'model_0000002.pth'};"):
+        checkpointer.save("model_0000002", iteration=2)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
 
 
 # --------------------------------------------------------------------------- item 10: lock and .tmp files

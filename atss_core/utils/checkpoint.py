@@ -7,6 +7,7 @@ folder, flushed to disk and renamed into place, and only then is ``last_checkpoi
 removed by ``remove_partial_files`` at the next start.
 """
 import atexit
+import contextlib
 import errno
 import logging
 import os
@@ -39,6 +40,24 @@ class OutputDirInUseError(RuntimeError):
     """Another live training run holds the output folder's lock."""
 
 
+class _WriteErrorRecorder:
+    """A binary file whose ``write`` keeps the last OSError it raised; the rest is the file's."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
 def _atomic_write(path, write_fn):
     """Write ``path`` via ``write_fn(file)`` into a temporary file, then rename it into place.
 
@@ -49,16 +68,21 @@ def _atomic_write(path, write_fn):
     # A hidden name in the same folder (os.replace must not cross file systems), unique
     # per process; plain open() so the file gets the usual umask permissions.
     tmp_path = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    recorder = None
     try:
         with open(tmp_path, "wb") as f:
-            write_fn(f)
+            recorder = _WriteErrorRecorder(f)
+            write_fn(recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except BaseException as error:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        # torch.save turns a failed write into a RuntimeError ("unexpected pos ..."); the
+        # recorder kept the OSError behind it.
+        cause = recorder.error if recorder is not None and recorder.error is not None else error
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
             raise DiskFullError(errno.ENOSPC, f"no space left on device while writing {path}; "
                                 "the previous checkpoint is unchanged: free some space and rerun "
                                 "to resume from it") from None
@@ -119,7 +143,8 @@ def lock_output_dir(folder):
                 raise OutputDirInUseError(
                     f"{folder} is in use by a running training (pid {pid}, lock file {path}); "
                     "wait for it to end or use another OUTPUT_DIR") from None
-            os.unlink(path)  # stale: its process is gone
+            with contextlib.suppress(FileNotFoundError):  # stale: its process is gone
+                os.unlink(path)
             continue
         with os.fdopen(fd, "w") as f:
             f.write(owner)
