@@ -17,6 +17,7 @@ The published COCO model (ATSS_R_50_FPN_1x.pth from the model zoo in the ATSS Gi
 Trailing ``KEY VALUE`` pairs override the config, e.g. ``MODEL.DEVICE cpu``. One annotated file
 is written per input image (same name, in --output-dir), and the time per image is printed.
 The exit status is 1 when an input image could not be read (the others are still processed).
+Input images are read as training reads them (EXIF orientation applied, 16-bit scaled to 8 bits).
 """
 import argparse
 import os
@@ -26,7 +27,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 try:
     from atss_core.config import cfg as default_cfg, merge_config
@@ -37,6 +37,8 @@ except ModuleNotFoundError as missing:
              "in the repository root first")
 
 from atss_core.data.build import QUICKSTART_PREFIX
+from atss_core.data.errors import DataError
+from atss_core.data.image_io import read_image_bgr
 from predictor import COCODemo
 
 QUICKSTART_CONFIG = "configs/quickstart/atss_mnv2_fpn_shapes.yaml"
@@ -103,15 +105,6 @@ def missing_weights_hint(cfg, config_file):
     return f"pass the model that tools/train_net.py wrote for {config_file} with --weights"
 
 
-def read_image(path):
-    """(H, W, 3) uint8 BGR image at ``path``, or None when it is missing or cannot be decoded."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # also handles non-ASCII paths, unlike imread
-    except OSError:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-
-
 def list_images(images_dir, limit=None):
     """``images_dir`` itself when it is a file, else its image files in name order (at most ``limit``)."""
     path = Path(images_dir)
@@ -157,10 +150,10 @@ def annotate_images(demo, image_paths, output_dir):
     """Annotate each image into ``output_dir``; returns how many could not be read."""
     unreadable = 0
     for image_path in image_paths:
-        image = read_image(image_path)
-        if image is None:
-            print(f"atss_demo: error: cannot read image {image_path} (missing, empty or not an image); "
-                  "check the file or remove it from the input", file=sys.stderr)
+        try:
+            image = read_image_bgr(image_path)
+        except DataError as error:
+            print(f"atss_demo: error: {error}", file=sys.stderr)
             unreadable += 1
             continue
         start = time.perf_counter()

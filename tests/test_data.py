@@ -20,6 +20,7 @@ from atss_core.data.build import build_dataset, check_num_classes, make_data_loa
 from atss_core.data.collate_batch import BatchCollator
 from atss_core.data.datasets import COCODataset, ConcatDataset
 from atss_core.data.datasets import synthetic_shapes as shapes
+from atss_core.data.errors import DataError
 from atss_core.data.samplers import DistributedSampler, GroupedBatchSampler, IterationBasedBatchSampler
 from atss_core.data.transforms import Resize, build_transforms
 from atss_core.structures.bounding_box import BoxList
@@ -219,10 +220,10 @@ def test_coco_user_errors_name_the_file(tiny_coco, tmp_path):
 
     dataset = COCODataset(ann_file, root, False)
     Path(root, "im1.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"im1\.png"):
+    with pytest.raises(DataError, match=r"im1\.png"):
         dataset[0]
     Path(root, "im2.png").write_bytes(b"not an image at all")
-    with pytest.raises(OSError, match=r"im2\.png"):
+    with pytest.raises(DataError, match=r"im2\.png"):
         dataset[1]
     Image.new("RGB", (10, 10)).save(Path(root, "im3.png"))
     with pytest.raises(ValueError, match=r"im3\.png is 10x10 but .* says 64x48"):

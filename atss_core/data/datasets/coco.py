@@ -5,9 +5,10 @@ import json
 import os
 
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 
+from atss_core.data.errors import DataError
+from atss_core.data.image_io import read_image
 from atss_core.data.transforms import seeded_random
 from atss_core.structures.bounding_box import BoxList
 
@@ -136,21 +137,16 @@ class COCODataset(torch.utils.data.Dataset):
         _, usable = coco_boxes_to_clipped_xyxy(boxes, widths, heights)
         return torch.unique(image_ids[usable & ~crowd]).tolist()
 
+    def _image_path(self, image_info):
+        return os.path.join(self.root, image_info["file_name"])
+
     def _load_image(self, image_info):
-        path = os.path.join(self.root, image_info["file_name"])
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image file {path} (listed in {self.ann_file}) not found; "
-                                    "check the image folder of this data set") from None
-        except OSError as err:
-            raise OSError(f"cannot read image file {path}: {err}; replace the file or remove it "
-                          f"from {self.ann_file}") from err
+        path = self._image_path(image_info)
         expected = (image_info["width"], image_info["height"])
+        image = read_image(path, annotated_size=expected)
         if image.size != expected:
-            raise ValueError(f"image file {path} is {image.size[0]}x{image.size[1]} but "
-                             f"{self.ann_file} says {expected[0]}x{expected[1]}; fix its width/height")
+            raise DataError(f"image file {path} is {image.size[0]}x{image.size[1]} but "
+                            f"{self.ann_file} says {expected[0]}x{expected[1]}; fix its width/height")
         return image
 
     def __getitem__(self, index):
