@@ -14,6 +14,8 @@ import sys
 import torch
 
 from atss_core.config import cfg
+from atss_core.data import DataError
+from atss_core.data.errors import one_line_message
 from atss_core.engine.launch import init_distributed, load_config, run_test
 from atss_core.modeling.detector import build_detection_model
 from atss_core.utils.checkpoint import DetectronCheckpointer
@@ -69,7 +71,10 @@ def main(argv=None):
     except (FileNotFoundError, ValueError, pickle.UnpicklingError) as error:
         sys.exit(f"test_net: {error}")
 
-    run_test(cfg, model, distributed)
+    try:
+        run_test(cfg, model, distributed)
+    except DataError as error:
+        sys.exit(f"test_net: {one_line_message(error)}")
 
 
 if __name__ == "__main__":
