@@ -81,6 +81,23 @@ def test_resize_get_size_matches_golden_table():
         assert list(Resize(min_size, max_size).get_size((width, height))) == expected_hw, key
 
 
+@pytest.mark.parametrize("min_size, max_size", [(800, 1333), (96, 160)])
+def test_resize_never_gives_a_zero_side(min_size, max_size):
+    """An image far longer than wide (1 x 5000) gets a 1 px side and a max_size long side; the
+    original's get_size gives 0 x 0 there (kept, see the golden table), which cannot be resized."""
+    resize = Resize(min_size, max_size)
+    assert resize.clamped_size((1, 5000)) == (max_size, 1)
+    assert resize.clamped_size((5000, 1)) == (1, max_size)
+    for short_side in range(1, 6):
+        for long_side in (2000, 5000, 100000):
+            assert min(resize.clamped_size((short_side, long_side))) >= 1
+    assert resize.clamped_size((640, 480)) == resize.get_size((640, 480))  # ordinary sizes unchanged
+    target = BoxList(torch.tensor([[0.0, 10.0, 0.0, 4999.0]]), (1, 5000), mode="xyxy")
+    image, target = resize(Image.new("RGB", (1, 5000), (9, 9, 9)), target)
+    assert image.size == target.size == (1, max_size)
+    torch.testing.assert_close(target.bbox, torch.tensor([[0.0, 10 * max_size / 5000, 0.0, 4999 * max_size / 5000]]))
+
+
 def test_min_size_range_train_samples_every_size_in_range():
     config = cfg.clone()
     config.INPUT.MIN_SIZE_RANGE_TRAIN = (300, 304)
