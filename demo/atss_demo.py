@@ -16,8 +16,9 @@ The published COCO model (ATSS_R_50_FPN_1x.pth from the model zoo in the ATSS Gi
 
 Trailing ``KEY VALUE`` pairs override the config, e.g. ``MODEL.DEVICE cpu``. One annotated file
 is written per input image (same name, in --output-dir), and the time per image is printed.
-The exit status is 1 when an input image could not be read (the others are still processed).
-Input images are read as training reads them (EXIF orientation applied, 16-bit scaled to 8 bits).
+The exit status is 1 when an input image could not be read or annotated (the others are still
+processed). Input images are read like training reads them (EXIF orientation applied, 16-bit
+scaled to 8 bits), and an --output-dir that holds an input image is refused.
 """
 import argparse
 import os
@@ -146,24 +147,43 @@ def output_image_path(output_dir, image_path):
     return Path(output_dir) / (image_path.stem + (suffix if suffix in IMAGE_SUFFIXES else ".jpg"))
 
 
+def check_output_dir(output_dir, image_paths):
+    """Refuse, before anything is read, an output folder where an annotated image could replace
+    an input: the folder an input image lies in (also through a symbolic link), or one where an
+    output file name links to an input. (A video's output, ``<stem>_atss.mp4``, never has the
+    video's own name.)"""
+    output = Path(output_dir).resolve()
+    inputs = {image_path.resolve() for image_path in image_paths}
+    for image_path in image_paths:
+        if output in (image_path.parent.resolve(), image_path.resolve().parent) \
+                or output_image_path(output, image_path).resolve() in inputs:
+            fail(f"--output-dir {output_dir!r} holds the input image {image_path}; the annotated "
+                 "images would replace the inputs, so give another --output-dir")
+
+
 def annotate_images(demo, image_paths, output_dir):
-    """Annotate each image into ``output_dir``; returns how many could not be read."""
-    unreadable = 0
+    """Annotate each image into ``output_dir``; returns how many could not be read or annotated.
+
+    An image that fails is reported in one line naming it, and the others are still annotated.
+    """
+    failed = 0
     for image_path in image_paths:
         try:
             image = read_image_bgr(image_path)
-        except DataError as error:
-            print(f"atss_demo: error: {error}", file=sys.stderr)
-            unreadable += 1
+            start = time.perf_counter()
+            annotated = demo.run_on_opencv_image(image)
+        except (RuntimeError, ValueError) as error:  # an unreadable file, or one the model cannot take
+            reason = error if isinstance(error, DataError) else \
+                f"cannot annotate image {image_path}: {str(error).splitlines()[0]}"
+            print(f"atss_demo: error: {reason}", file=sys.stderr)
+            failed += 1
             continue
-        start = time.perf_counter()
-        annotated = demo.run_on_opencv_image(image)
         elapsed = time.perf_counter() - start
         target = output_image_path(output_dir, image_path)
         if not cv2.imwrite(str(target), annotated):
             fail(f"could not write {target}; check that --output-dir is writable")
         print(f"{image_path.name}\tinference time: {elapsed:.3f}s -> {target}")
-    return unreadable
+    return failed
 
 
 def annotate_stream(demo, capture, target, fps):
@@ -229,6 +249,8 @@ def main(argv=None):
         image_paths = list_images(args.images_dir, args.num_images)
     elif not streaming:
         image_paths = default_images(cfg, args.num_images or DEFAULT_NUM_TEST_IMAGES)
+
+    check_output_dir(args.output_dir, image_paths)
 
     cfg.defrost()
     cfg.MODEL.WEIGHT = weights
