@@ -238,3 +238,109 @@ def test_test_net_corrupt_image_in_a_worker_is_one_line(tmp_path):
     assert "Traceback" not in run.stderr
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line.startswith("test_net: cannot read image file") and "im2.png" in last_line
+
+
+def _test_net():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("test_net_data_checks", REPO_ROOT / "tools" / "test_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def small_weights(tmp_path_factory):
+    """A small quick-start-like model's weights and the config options that build it."""
+    from atss_core.modeling.detector import build_detection_model
+
+    options = ["MODEL.DEVICE", "cpu", "MODEL.ATSS.NUM_CLASSES", "3", "MODEL.ATSS.NUM_CONVS", "1",
+               "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "32", "INPUT.MIN_SIZE_TEST", "64",
+               "INPUT.MAX_SIZE_TEST", "64", "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "2"]
+    config = default_cfg.clone()
+    config.merge_from_file(str(QUICKSTART_CONFIG))
+    config.merge_from_list(options)
+    weights = tmp_path_factory.mktemp("small_weights") / "model.pth"
+    torch.save({"model": build_detection_model(config).state_dict()}, weights)
+    return weights, options
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _break_json(root, ann_file):
+    Path(ann_file).write_text("{oops")
+
+
+def _folder_for_image(root, ann_file):
+    os.remove(Path(root, "im2.png"))
+    os.mkdir(Path(root, "im2.png"))
+
+
+# name: (edit of the data folder, the DATASETS.TEST name ({root}, {ann} filled in), expected text)
+DATA_MISTAKES = {
+    "missing_annotation_file": (None, "coco:{root}:{root}/nope.json", "nope.json not found"),
+    "invalid_json": (_break_json, "coco:{root}:{ann}", "is not valid JSON"),
+    "unknown_dataset": (None, "coco_2099_val", "'coco_2099_val' is not in the catalog"),
+    "missing_image": (lambda root, ann: os.remove(Path(root, "im2.png")), "coco:{root}:{ann}",
+                      "im2.png does not exist"),
+    "folder_image": (_folder_for_image, "coco:{root}:{ann}", "im2.png is a folder"),
+    "truncated_png": (lambda root, ann: _truncate(Path(root, "im1.png")), "coco:{root}:{ann}", "im1.png"),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(DATA_MISTAKES))
+def test_test_net_data_mistakes_end_in_one_line(tmp_path, monkeypatch, small_weights, mistake):
+    weights, options = small_weights
+    root, ann_file = _write(tmp_path / "data", _coco_content(num_images=2))
+    edit, dataset, expected = DATA_MISTAKES[mistake]
+    if edit is not None:
+        edit(root, ann_file)
+    dataset = dataset.format(root=root, ann=ann_file)
+    test_net = _test_net()
+    monkeypatch.setattr(test_net, "collect_env_info", lambda: "env")
+    monkeypatch.setattr(test_net, "cfg", default_cfg.clone())
+    with pytest.raises(SystemExit) as exit_info:
+        test_net.main(["--config-file", str(QUICKSTART_CONFIG), "--ckpt", str(weights), *options,
+                       "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", str(tmp_path / "out")])
+    message = str(exit_info.value.code)
+    assert message.startswith("test_net: ") and expected in message and "\n" not in message
+
+
+def test_image_over_the_decompression_bomb_limit_ends_in_one_line(tmp_path, monkeypatch, small_weights):
+    weights, options = small_weights
+    root, ann_file = _write(tmp_path / "data", _coco_content(num_images=2))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # the 48 x 40 images are over twice that
+    test_net = _test_net()
+    monkeypatch.setattr(test_net, "collect_env_info", lambda: "env")
+    monkeypatch.setattr(test_net, "cfg", default_cfg.clone())
+    with pytest.raises(SystemExit) as exit_info:
+        test_net.main(["--config-file", str(QUICKSTART_CONFIG), "--ckpt", str(weights), *options,
+                       "DATASETS.TEST", f"('coco:{root}:{ann_file}',)", "OUTPUT_DIR", str(tmp_path / "out")])
+    message = str(exit_info.value.code)
+    assert message.startswith("test_net: image file") and "im1.png is too large for Pillow" in message
+
+
+def test_train_net_bad_training_data_ends_in_one_line(tmp_path, monkeypatch, small_weights):
+    """Training data problems found while building the loader and while reading an image."""
+    _, options = small_weights
+    root, ann_file = _write(tmp_path / "data", _coco_content(num_images=2))
+    train_net = _train_net()
+    monkeypatch.setattr(train_net, "collect_env_info", lambda: "env")
+
+    def run(train_set):
+        monkeypatch.setattr(train_net, "cfg", default_cfg.clone())
+        with pytest.raises(SystemExit) as exit_info:
+            train_net.main(["--config-file", str(QUICKSTART_CONFIG), "--skip-test", *options,
+                            "DATASETS.TRAIN", f"('{train_set}',)", "SOLVER.MAX_ITER", "1",
+                            "SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", str(tmp_path / "out")])
+        message = str(exit_info.value.code)
+        assert message.startswith("error: ") and "\n" not in message
+        return message
+
+    assert "'coco_2099_train' is not in the catalog" in run("coco_2099_train")
+    for name in ("im1.png", "im2.png"):
+        _truncate(Path(root, name))
+    assert "cannot read image file" in run(f"coco:{root}:{ann_file}")
