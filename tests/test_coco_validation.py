@@ -60,20 +60,14 @@ def test_repeated_annotation_ids_are_refused(tmp_path):
     assert "annotation id 7 appears 6 times" in message and ann_file in message and "\n" not in message
 
 
-def test_repeated_image_ids_are_refused(tmp_path):
-    """pycocotools would pair im5.png's entry with the boxes of both images."""
+@pytest.mark.parametrize("key, kind, position, repeated_id",
+                         [("images", "image", 5, 5), ("categories", "category", 1, 1)])
+def test_repeated_image_and_category_ids_are_refused(tmp_path, key, kind, position, repeated_id):
+    """pycocotools would pair one image entry with the boxes of both images, or merge two classes."""
     content = _coco_content()
-    content["images"][5]["id"] = 5
+    content[key][position]["id"] = repeated_id
     root, ann_file = _write(tmp_path, content)
-    with pytest.raises(DataError, match=f"image id 5 appears 2 times in {ann_file}"):
-        COCODataset(ann_file, root, remove_images_without_annotations=False)
-
-
-def test_repeated_category_ids_are_refused(tmp_path):
-    content = _coco_content()
-    content["categories"][1]["id"] = 1
-    root, ann_file = _write(tmp_path, content)
-    with pytest.raises(DataError, match=f"category id 1 appears 2 times in {ann_file}"):
+    with pytest.raises(DataError, match=f"{kind} id {repeated_id} appears 2 times in {ann_file}"):
         COCODataset(ann_file, root, remove_images_without_annotations=False)
 
 
@@ -270,11 +264,11 @@ def _truncate(path):
     path.write_bytes(data[:len(data) // 2])
 
 
-def _break_json(root, ann_file):
+def _break_json(root, ann_file, monkeypatch):
     Path(ann_file).write_text("{oops")
 
 
-def _folder_for_image(root, ann_file):
+def _folder_for_image(root, ann_file, monkeypatch):
     os.remove(Path(root, "im2.png"))
     os.mkdir(Path(root, "im2.png"))
 
@@ -284,10 +278,14 @@ DATA_MISTAKES = {
     "missing_annotation_file": (None, "coco:{root}:{root}/nope.json", "nope.json not found"),
     "invalid_json": (_break_json, "coco:{root}:{ann}", "is not valid JSON"),
     "unknown_dataset": (None, "coco_2099_val", "'coco_2099_val' is not in the catalog"),
-    "missing_image": (lambda root, ann: os.remove(Path(root, "im2.png")), "coco:{root}:{ann}",
+    "missing_image": (lambda root, ann, monkeypatch: os.remove(Path(root, "im2.png")), "coco:{root}:{ann}",
                       "im2.png does not exist"),
     "folder_image": (_folder_for_image, "coco:{root}:{ann}", "im2.png is a folder"),
-    "truncated_png": (lambda root, ann: _truncate(Path(root, "im1.png")), "coco:{root}:{ann}", "im1.png"),
+    "truncated_png": (lambda root, ann, monkeypatch: _truncate(Path(root, "im1.png")), "coco:{root}:{ann}",
+                      "cannot read image file {root}/im1.png"),
+    # The 48 x 40 images are over twice this limit: Pillow refuses them as decompression bombs.
+    "decompression_bomb": (lambda root, ann, monkeypatch: monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500),
+                           "coco:{root}:{ann}", "im1.png is too large for Pillow"),
 }
 
 
@@ -297,8 +295,8 @@ def test_test_net_data_mistakes_end_in_one_line(tmp_path, monkeypatch, small_wei
     root, ann_file = _write(tmp_path / "data", _coco_content(num_images=2))
     edit, dataset, expected = DATA_MISTAKES[mistake]
     if edit is not None:
-        edit(root, ann_file)
-    dataset = dataset.format(root=root, ann=ann_file)
+        edit(root, ann_file, monkeypatch)
+    dataset, expected = (text.format(root=root, ann=ann_file) for text in (dataset, expected))
     test_net = _test_net()
     monkeypatch.setattr(test_net, "collect_env_info", lambda: "env")
     monkeypatch.setattr(test_net, "cfg", default_cfg.clone())
@@ -307,20 +305,6 @@ def test_test_net_data_mistakes_end_in_one_line(tmp_path, monkeypatch, small_wei
                        "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", str(tmp_path / "out")])
     message = str(exit_info.value.code)
     assert message.startswith("test_net: ") and expected in message and "\n" not in message
-
-
-def test_image_over_the_decompression_bomb_limit_ends_in_one_line(tmp_path, monkeypatch, small_weights):
-    weights, options = small_weights
-    root, ann_file = _write(tmp_path / "data", _coco_content(num_images=2))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # the 48 x 40 images are over twice that
-    test_net = _test_net()
-    monkeypatch.setattr(test_net, "collect_env_info", lambda: "env")
-    monkeypatch.setattr(test_net, "cfg", default_cfg.clone())
-    with pytest.raises(SystemExit) as exit_info:
-        test_net.main(["--config-file", str(QUICKSTART_CONFIG), "--ckpt", str(weights), *options,
-                       "DATASETS.TEST", f"('coco:{root}:{ann_file}',)", "OUTPUT_DIR", str(tmp_path / "out")])
-    message = str(exit_info.value.code)
-    assert message.startswith("test_net: image file") and "im1.png is too large for Pillow" in message
 
 
 def test_train_net_bad_training_data_ends_in_one_line(tmp_path, monkeypatch, small_weights):
