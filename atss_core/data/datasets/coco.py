@@ -71,7 +71,7 @@ def _describe(entry, kind, position):
 
 
 def _is_integer(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int  # json gives plain ints; True / False are no ids
 
 
 def _first_row_not_numbers(rows, width):
