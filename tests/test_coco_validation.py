@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from atss_core.config import cfg as default_cfg
+from atss_core.config.paths_catalog import DatasetCatalog
 from atss_core.data.build import build_dataset, check_test_datasets, make_data_loader
 from atss_core.data.datasets import COCODataset
 from atss_core.data.errors import DataError
@@ -122,13 +123,18 @@ def test_missing_image_files_are_found_when_the_dataset_is_built(tmp_path):
     os.remove(Path(root) / "im2.png")
     os.mkdir(Path(root) / "im2.png")  # a folder where an image should be
     with pytest.raises(DataError) as error:
-        COCODataset(ann_file, root, remove_images_without_annotations=False)
+        build_dataset([f"coco:{root}:{ann_file}"], None, DatasetCatalog, is_train=False)
     message = str(error.value)
     assert f"2 of the {NUM_IMAGES} images listed in {ann_file} are not files" in message
     assert f"{Path(root) / 'im2.png'} is a folder, not an image file" in message
     os.rmdir(Path(root) / "im2.png")
     with pytest.raises(DataError, match=r"im2\.png does not exist"):
-        COCODataset(ann_file, root, remove_images_without_annotations=False)
+        build_dataset([f"coco:{root}:{ann_file}"], None, DatasetCatalog, is_train=True)
+    # COCODataset alone reads lazily (tools that set its root later use it so); the missing
+    # file is named when it is read.
+    dataset = COCODataset(ann_file, root, remove_images_without_annotations=False)
+    with pytest.raises(DataError, match=r"im2\.png not found"):
+        dataset[1]
 
 
 def _config(train_set, test_set, num_classes=3):
@@ -169,8 +175,6 @@ def test_test_set_num_classes_and_names_are_checked_before_training(tmp_path):
 
 
 def test_unknown_training_set_name_is_a_data_error():
-    from atss_core.config.paths_catalog import DatasetCatalog
-
     with pytest.raises(DataError, match="'no_such_set' is not in the catalog"):
         build_dataset(["no_such_set"], None, DatasetCatalog, is_train=True)
 

@@ -236,6 +236,9 @@ def test_coco_user_errors_name_the_file(tiny_coco, tmp_path):
         COCODataset(str(broken), root, False)
 
     dataset = COCODataset(ann_file, root, False)
+    Path(root, "im1.png").unlink()
+    with pytest.raises(DataError, match=r"im1\.png"):
+        dataset[0]
     Path(root, "im2.png").write_bytes(b"not an image at all")
     with pytest.raises(DataError, match=r"im2\.png"):
         dataset[1]

@@ -48,7 +48,10 @@ def build_dataset(dataset_list, transforms, dataset_catalog, is_train=True, keep
         if entry["factory"] == "COCODataset":
             args["remove_images_without_annotations"] = is_train and not keep_empty_images
         args["transforms"] = transforms
-        datasets.append(factory(**args))
+        dataset = factory(**args)
+        if entry["factory"] == "COCODataset":
+            dataset.check_image_files()
+        datasets.append(dataset)
 
     if not is_train:
         return datasets

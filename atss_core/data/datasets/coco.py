@@ -74,21 +74,26 @@ def _is_integer(value):
     return type(value) is int  # json gives plain ints; True / False are no ids
 
 
-def _first_row_not_numbers(rows, width):
-    """Position of the first row of ``rows`` that is not ``width`` finite numbers, or None.
+def _first_bad_row(rows, width, positive=False):
+    """Position of the first row of ``rows`` that is not ``width`` finite numbers (all above 0
+    with ``positive``), or None.
 
-    One tensor conversion checks all rows at once; the rows are walked only to find a bad one.
+    One tensor conversion checks all rows at once; the rows are walked only when it fails.
     """
     try:
         table = torch.tensor(rows, dtype=torch.float64)
-        if table.shape == (len(rows), width):
-            bad = torch.nonzero(~torch.isfinite(table).all(dim=1))
-            return int(bad[0]) if len(bad) else None
     except (TypeError, ValueError, RuntimeError):  # ragged, nested or not numbers
-        pass
+        table = None
+    if table is not None and table.shape == (len(rows), width):
+        bad = ~torch.isfinite(table).all(dim=1)
+        if positive:
+            bad |= (table <= 0).any(dim=1)
+        positions = torch.nonzero(bad).flatten().tolist()
+        return positions[0] if positions else None
     for position, row in enumerate(rows):
         if not (isinstance(row, (list, tuple)) and len(row) == width
-                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in row)):
+                and all(isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or not positive)
+                        for v in row)):
             return position
     return None
 
@@ -125,10 +130,7 @@ def validate_coco_content(content, ann_file):
     for position, category in enumerate(categories):
         if "name" not in category:
             raise DataError(f"{_describe(category, 'category', position)} in {ann_file} needs a 'name'")
-    position = _first_row_not_numbers([[image.get("width"), image.get("height")] for image in images], 2)
-    if position is None:
-        sizes = torch.tensor([[image["width"], image["height"]] for image in images], dtype=torch.float64)
-        position = next(iter(torch.nonzero((sizes <= 0).any(dim=1)).flatten().tolist()), None)
+    position = _first_bad_row([[image.get("width"), image.get("height")] for image in images], 2, positive=True)
     if position is not None:
         image = images[position]
         raise DataError(f"{_describe(image, 'image', position)} in {ann_file} needs a positive numeric "
@@ -138,7 +140,7 @@ def validate_coco_content(content, ann_file):
     if position is not None:
         raise DataError(f"{_describe(annotations[position], 'annotation', position)} in {ann_file} has "
                         f"no integer 'image_id' (got {annotations[position].get('image_id')!r})")
-    position = _first_row_not_numbers([annotation.get("bbox") for annotation in annotations], 4)
+    position = _first_bad_row([annotation.get("bbox") for annotation in annotations], 4)
     if position is not None:
         raise DataError(f"{_describe(annotations[position], 'annotation', position)} in {ann_file} needs "
                         f"a 'bbox' of 4 numbers [x, y, w, h] (got {annotations[position].get('bbox')!r})")
@@ -200,13 +202,13 @@ class COCODataset(torch.utils.data.Dataset):
         self.ids = sorted(self.coco.imgs)  # sorted for reproducible order
         if remove_images_without_annotations:
             self.ids = self._ids_with_usable_boxes()
-        self._check_image_files()
         self.id_to_img_map = dict(enumerate(self.ids))
         self._transforms = transforms
 
-    def _check_image_files(self):
-        """Every image of the data set is a file, checked when the data set is built (one
-        ``os.path`` call per image, no file is opened), so a missing one cannot stop a run hours in."""
+    def check_image_files(self):
+        """Raise DataError unless every image of the data set is a file (one ``os.path`` call per
+        image, none is opened). ``build_dataset`` calls it, so that a missing file stops a run at
+        its start, not hours in."""
         paths = [self._image_path(self.coco.imgs[image_id]) for image_id in self.ids]
         missing = [path for path in paths if not os.path.isfile(path)]
         if missing:
