@@ -137,6 +137,23 @@ def test_training_and_evaluation_read_sixteen_bit_images_right(tmp_path):
     assert target.size == (40, 30)
 
 
+def test_test_time_augmentation_loader_reads_through_the_same_reader(tmp_path):
+    """With TEST.BBOX_AUG the test loader hands the data set's untransformed PIL images on."""
+    from atss_core.config import cfg
+    from atss_core.data.build import make_data_loader
+
+    stored = _pattern(20, 36)
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=_exif(8))
+    _one_image_coco(tmp_path, "photo.png", 20, 36)  # writes instances.json
+    config = cfg.clone()
+    config.merge_from_list(["DATASETS.TEST", (f"coco:{tmp_path}:{tmp_path / 'instances.json'}",),
+                            "MODEL.ATSS.NUM_CLASSES", 2, "TEST.BBOX_AUG.ENABLED", True,
+                            "TEST.IMS_PER_BATCH", 1, "DATALOADER.NUM_WORKERS", 0])
+    [loader] = make_data_loader(config, is_train=False)
+    (images, _, _), = list(loader)
+    assert np.array_equal(np.asarray(images[0]), np.rot90(stored, k=1))
+
+
 def test_dataset_applies_exif_orientation_matching_the_json_size(tmp_path, caplog):
     stored = _pattern(20, 36)  # 36 wide, 20 high; orientation 6 shows it 20 wide, 36 high
     Image.fromarray(stored).save(tmp_path / "photo.png", exif=_exif(6))
