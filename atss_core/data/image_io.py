@@ -29,11 +29,12 @@ logger = logging.getLogger(__name__)
 
 _EXIF_ORIENTATION_TAG = 0x0112
 _warned_unrotated = set()  # files already reported as read without their EXIF rotation
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": 16-bit PNGs in older Pillows
+# "I" (32-bit integers) is how older Pillows open 16-bit PNGs; its values are clipped to 16 bits.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def _to_rgb(image):
-    """8-bit RGB copy of a loaded PIL image of any mode."""
+    """``image`` (loaded, any mode) as 8-bit RGB; an RGB image is returned as it is."""
     if image.mode == "RGB":
         return image
     if image.mode in _SIXTEEN_BIT_MODES:
