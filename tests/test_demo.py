@@ -157,11 +157,15 @@ def test_predictor_detects_and_draws_the_known_box(tiny_model, device):
     assert np.array_equal(image, noise_image(*LANDSCAPE_HW)), "the input image was modified"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("height, width", [(5000, 1), (1, 5000), (2, 3000)])
-def test_extreme_aspect_ratios_run_through_the_model(tiny_model, height, width):
+def test_extreme_aspect_ratios_run_through_the_model(tiny_model, height, width, device):
     """The test-time resize would make a 0 px side; the model runs on a 1 px wide input instead
     and the detections come back in the input's size."""
     _, _, cfg = tiny_model
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = device
     demo = COCODemo(cfg)
     predictions = demo.compute_prediction(noise_image(height, width))
     assert predictions.size == (width, height)
