@@ -165,6 +165,8 @@ class COCODataset(torch.utils.data.Dataset):
     background). Crowd annotations are ignored, boxes are clipped to the image and boxes no
     more than one pixel wide or tall after clipping are dropped. Only ``bbox`` is read, so
     box-only annotations (no ``segmentation``) work, and so do image-only files (test splits).
+    The json is checked by ``validate_coco_content`` before pycocotools indexes it; images are read
+    lazily by ``atss_core.data.image_io.read_image`` (``check_image_files`` checks they all exist).
 
     Args:
         ann_file (str): COCO json.
