@@ -16,7 +16,9 @@ The published COCO model (ATSS_R_50_FPN_1x.pth from the model zoo in the ATSS Gi
 
 Trailing ``KEY VALUE`` pairs override the config, e.g. ``MODEL.DEVICE cpu``. One annotated file
 is written per input image (same name, in --output-dir), and the time per image is printed.
-The exit status is 1 when an input image could not be read (the others are still processed).
+The exit status is 1 when an input image could not be read or annotated (the others are still
+processed). Input images are read like training reads them (EXIF orientation applied, 16-bit
+scaled to 8 bits), and an --output-dir that holds an input image is refused.
 """
 import argparse
 import os
@@ -26,7 +28,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 try:
     from atss_core.config import cfg as default_cfg, merge_config
@@ -37,6 +38,8 @@ except ModuleNotFoundError as missing:
              "in the repository root first")
 
 from atss_core.data.build import QUICKSTART_PREFIX
+from atss_core.data.errors import DataError
+from atss_core.data.image_io import read_image_bgr
 from predictor import COCODemo
 
 QUICKSTART_CONFIG = "configs/quickstart/atss_mnv2_fpn_shapes.yaml"
@@ -103,15 +106,6 @@ def missing_weights_hint(cfg, config_file):
     return f"pass the model that tools/train_net.py wrote for {config_file} with --weights"
 
 
-def read_image(path):
-    """(H, W, 3) uint8 BGR image at ``path``, or None when it is missing or cannot be decoded."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # also handles non-ASCII paths, unlike imread
-    except OSError:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-
-
 def list_images(images_dir, limit=None):
     """``images_dir`` itself when it is a file, else its image files in name order (at most ``limit``)."""
     path = Path(images_dir)
@@ -153,24 +147,43 @@ def output_image_path(output_dir, image_path):
     return Path(output_dir) / (image_path.stem + (suffix if suffix in IMAGE_SUFFIXES else ".jpg"))
 
 
-def annotate_images(demo, image_paths, output_dir):
-    """Annotate each image into ``output_dir``; returns how many could not be read."""
-    unreadable = 0
+def check_output_dir(output_dir, image_paths):
+    """Refuse, before anything is read, an output folder where an annotated image could replace
+    an input: the folder an input image lies in (also through a symbolic link), or one where an
+    output file name links to an input. (A video's output, ``<stem>_atss.mp4``, never has the
+    video's own name.)"""
+    output = Path(output_dir).resolve()
+    inputs = {image_path.resolve() for image_path in image_paths}
     for image_path in image_paths:
-        image = read_image(image_path)
-        if image is None:
-            print(f"atss_demo: error: cannot read image {image_path} (missing, empty or not an image); "
-                  "check the file or remove it from the input", file=sys.stderr)
-            unreadable += 1
+        if output in (image_path.parent.resolve(), image_path.resolve().parent) \
+                or output_image_path(output, image_path).resolve() in inputs:
+            fail(f"--output-dir {output_dir!r} holds the input image {image_path}; the annotated "
+                 "images would replace the inputs, so give another --output-dir")
+
+
+def annotate_images(demo, image_paths, output_dir):
+    """Annotate each image into ``output_dir``; returns how many could not be read or annotated.
+
+    An image that fails is reported in one line naming it, and the others are still annotated.
+    """
+    failed = 0
+    for image_path in image_paths:
+        try:
+            image = read_image_bgr(image_path)
+            start = time.perf_counter()
+            annotated = demo.run_on_opencv_image(image)
+        except (RuntimeError, ValueError) as error:  # an unreadable file, or one the model cannot take
+            reason = error if isinstance(error, DataError) else \
+                f"cannot annotate image {image_path}: {str(error).splitlines()[0]}"
+            print(f"atss_demo: error: {reason}", file=sys.stderr)
+            failed += 1
             continue
-        start = time.perf_counter()
-        annotated = demo.run_on_opencv_image(image)
         elapsed = time.perf_counter() - start
         target = output_image_path(output_dir, image_path)
         if not cv2.imwrite(str(target), annotated):
             fail(f"could not write {target}; check that --output-dir is writable")
         print(f"{image_path.name}\tinference time: {elapsed:.3f}s -> {target}")
-    return unreadable
+    return failed
 
 
 def annotate_stream(demo, capture, target, fps):
@@ -236,6 +249,8 @@ def main(argv=None):
         image_paths = list_images(args.images_dir, args.num_images)
     elif not streaming:
         image_paths = default_images(cfg, args.num_images or DEFAULT_NUM_TEST_IMAGES)
+
+    check_output_dir(args.output_dir, image_paths)
 
     cfg.defrost()
     cfg.MODEL.WEIGHT = weights

@@ -20,6 +20,7 @@ from atss_core.data.build import build_dataset, check_num_classes, make_data_loa
 from atss_core.data.collate_batch import BatchCollator
 from atss_core.data.datasets import COCODataset, ConcatDataset
 from atss_core.data.datasets import synthetic_shapes as shapes
+from atss_core.data.errors import DataError
 from atss_core.data.samplers import DistributedSampler, GroupedBatchSampler, IterationBasedBatchSampler
 from atss_core.data.transforms import Resize, build_transforms
 from atss_core.structures.bounding_box import BoxList
@@ -78,6 +79,23 @@ def test_resize_get_size_matches_golden_table():
         numbers = re.fullmatch(r"min(\d+)_max(\d+)_w(\d+)_h(\d+)", key).groups()
         min_size, max_size, width, height = map(int, numbers)
         assert list(Resize(min_size, max_size).get_size((width, height))) == expected_hw, key
+
+
+@pytest.mark.parametrize("min_size, max_size", [(800, 1333), (96, 160)])
+def test_resize_never_gives_a_zero_side(min_size, max_size):
+    """An image far longer than wide (1 x 5000) gets a 1 px side and a max_size long side; the
+    original's get_size gives 0 x 0 there (kept, see the golden table), which cannot be resized."""
+    resize = Resize(min_size, max_size)
+    assert resize.clamped_size((1, 5000)) == (max_size, 1)
+    assert resize.clamped_size((5000, 1)) == (1, max_size)
+    for short_side in range(1, 6):
+        for long_side in (2000, 5000, 100000):
+            assert min(resize.clamped_size((short_side, long_side))) >= 1
+    assert resize.clamped_size((640, 480)) == resize.get_size((640, 480))  # ordinary sizes unchanged
+    target = BoxList(torch.tensor([[0.0, 10.0, 0.0, 4999.0]]), (1, 5000), mode="xyxy")
+    image, target = resize(Image.new("RGB", (1, 5000), (9, 9, 9)), target)
+    assert image.size == target.size == (1, max_size)
+    torch.testing.assert_close(target.bbox, torch.tensor([[0.0, 10 * max_size / 5000, 0.0, 4999 * max_size / 5000]]))
 
 
 def test_min_size_range_train_samples_every_size_in_range():
@@ -210,19 +228,19 @@ def test_coco_image_only_file_for_test_splits(tmp_path):
 
 def test_coco_user_errors_name_the_file(tiny_coco, tmp_path):
     root, ann_file = tiny_coco
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(DataError, match="missing.json"):
         COCODataset(str(tmp_path / "missing.json"), root, False)
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    with pytest.raises(ValueError, match="broken.json"):
+    with pytest.raises(DataError, match="broken.json"):
         COCODataset(str(broken), root, False)
 
     dataset = COCODataset(ann_file, root, False)
     Path(root, "im1.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"im1\.png"):
+    with pytest.raises(DataError, match=r"im1\.png"):
         dataset[0]
     Path(root, "im2.png").write_bytes(b"not an image at all")
-    with pytest.raises(OSError, match=r"im2\.png"):
+    with pytest.raises(DataError, match=r"im2\.png"):
         dataset[1]
     Image.new("RGB", (10, 10)).save(Path(root, "im3.png"))
     with pytest.raises(ValueError, match=r"im3\.png is 10x10 but .* says 64x48"):
@@ -232,7 +250,7 @@ def test_coco_user_errors_name_the_file(tiny_coco, tmp_path):
     content["annotations"][0]["category_id"] = 99
     bad_category = tmp_path / "bad_category.json"
     bad_category.write_text(json.dumps(content))
-    with pytest.raises(ValueError, match="annotation 1 .*category_id 99"):
+    with pytest.raises(DataError, match="annotation 1 .*category_id 99"):
         COCODataset(str(bad_category), root, False)
 
 

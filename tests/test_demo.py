@@ -157,6 +157,23 @@ def test_predictor_detects_and_draws_the_known_box(tiny_model, device):
     assert np.array_equal(image, noise_image(*LANDSCAPE_HW)), "the input image was modified"
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("height, width", [(5000, 1), (1, 5000), (2, 3000)])
+def test_extreme_aspect_ratios_run_through_the_model(tiny_model, height, width, device):
+    """The test-time resize would make a 0 px side; the model runs on a 1 px wide input instead
+    and the detections come back in the input's size."""
+    _, _, cfg = tiny_model
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = device
+    demo = COCODemo(cfg)
+    predictions = demo.compute_prediction(noise_image(height, width))
+    assert predictions.size == (width, height)
+    assert torch.isfinite(predictions.bbox).all()
+    annotated = demo.run_on_opencv_image(noise_image(height, width))
+    assert annotated.shape == (height, width, 3)
+
+
 def test_per_class_thresholds_and_single_threshold(tiny_model):
     _, _, cfg = tiny_model
     image = noise_image(*LANDSCAPE_HW)
@@ -226,6 +243,57 @@ def test_demo_script_annotates_a_folder_and_reports_unreadable_images(tiny_model
         annotated = cv2.imread(str(output_dir / name))
         assert annotated.shape == image.shape
         assert_box_drawn(image, annotated, box)
+
+
+def test_demo_refuses_an_output_dir_that_holds_its_inputs(tiny_model, tmp_path, monkeypatch):
+    """Before the model is loaded or any image read; every input keeps its bytes."""
+    config_file, weights, _ = tiny_model
+    images_dir = tmp_path / "photos"
+    images_dir.mkdir()
+    for name, seed in (("a.png", 1), ("b.jpg", 2)):
+        assert cv2.imwrite(str(images_dir / name), noise_image(*LANDSCAPE_HW, seed=seed))
+    original_bytes = {path.name: path.read_bytes() for path in images_dir.iterdir()}
+    (tmp_path / "photos_link").symlink_to(images_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "a.png").symlink_to(images_dir / "a.png")  # output a.png would write through it
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(atss_demo, "COCODemo", no_model)
+    cases = [(images_dir, images_dir), (images_dir, tmp_path / "photos" / ".." / "photos"),
+             (images_dir, tmp_path / "photos_link"), (images_dir / "b.jpg", images_dir),
+             (images_dir / "a.png", elsewhere)]
+    for images, output_dir in cases:
+        with pytest.raises(SystemExit, match="holds the input image .* give another --output-dir"):
+            atss_demo.main(["--config-file", str(config_file), "--weights", str(weights),
+                            "--images-dir", str(images), "--output-dir", str(output_dir)])
+    assert {path.name: path.read_bytes() for path in images_dir.iterdir()} == original_bytes
+
+
+def test_demo_skips_an_image_the_model_cannot_take(tiny_model, tmp_path, monkeypatch, capsys):
+    """One line naming the image, the remaining images are still annotated, exit status 1."""
+    config_file, weights, _ = tiny_model
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    assert cv2.imwrite(str(images_dir / "a_bad.png"), noise_image(*PORTRAIT_HW, seed=1))
+    assert cv2.imwrite(str(images_dir / "b_good.png"), noise_image(*LANDSCAPE_HW, seed=2))
+    compute_prediction = atss_demo.COCODemo.compute_prediction
+
+    def fail_on_portrait(self, image):
+        if image.shape[:2] == PORTRAIT_HW:
+            raise RuntimeError("the model cannot take this\nsecond line of a long message")
+        return compute_prediction(self, image)
+
+    monkeypatch.setattr(atss_demo.COCODemo, "compute_prediction", fail_on_portrait)
+    status = atss_demo.main(["--config-file", str(config_file), "--weights", str(weights),
+                             "--images-dir", str(images_dir), "--output-dir", str(tmp_path / "out")])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"atss_demo: error: cannot annotate image {images_dir / 'a_bad.png'}: the model cannot take this"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["b_good.png"]
 
 
 def test_demo_script_missing_weights_is_one_line(tmp_path):

@@ -19,6 +19,8 @@ import sys
 import torch
 
 from atss_core.config import cfg
+from atss_core.data import DataError
+from atss_core.data.errors import one_line_message
 from atss_core.engine.launch import (check_batch_divides, init_distributed, load_config,
                                      parse_command_line, run_test, stop_on_dist_timeout)
 from atss_core.modeling.detector import build_detection_model
@@ -99,7 +101,10 @@ def evaluate(args, distributed, num_processes):
     except (FileNotFoundError, ValueError, pickle.UnpicklingError) as error:
         sys.exit(f"test_net: {error}")
 
-    run_test(cfg, model, distributed)
+    try:
+        run_test(cfg, model, distributed)
+    except DataError as error:
+        sys.exit(f"test_net: {one_line_message(error)}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ import torch
 import torch.distributed as dist
 
 from atss_core.config import cfg
-from atss_core.data import make_data_loader
+from atss_core.data import DataError, make_data_loader
+from atss_core.data.build import check_test_datasets
+from atss_core.data.errors import one_line_message
 from atss_core.engine.launch import (check_batch_divides, init_distributed, load_config,
                                      parse_command_line, run_test, stop_on_dist_timeout)
 from atss_core.engine.trainer import do_train
@@ -195,12 +197,15 @@ def run(args, num_processes):
         save_config(cfg, config_path)
 
     try:
+        if not args.skip_test:
+            check_test_datasets(cfg)  # a bad test set stops the run now, not after training
         model = train(cfg, args.local_rank, args.distributed, resume=args.resume)
+        if not args.skip_test:
+            run_test(cfg, model, args.distributed)
     except (FloatingPointError, DiskFullError) as error:
         raise SystemExit(f"error: {error}") from None
-
-    if not args.skip_test:
-        run_test(cfg, model, args.distributed)
+    except DataError as error:
+        raise SystemExit(f"error: {one_line_message(error)}") from None
     if args.distributed:
         dist.destroy_process_group()
 

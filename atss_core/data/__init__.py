@@ -1,3 +1,4 @@
 from .build import make_data_loader
+from .errors import DataError
 
-__all__ = ["make_data_loader"]
+__all__ = ["DataError", "make_data_loader"]

@@ -12,6 +12,7 @@ from . import datasets as D
 from . import samplers
 from .collate_batch import BatchCollator, BBoxAugCollator
 from .datasets.synthetic_shapes import ensure_quickstart_shapes
+from .errors import DataError
 from .transforms import build_transforms
 
 QUICKSTART_PREFIX = "quickstart_shapes"
@@ -28,30 +29,36 @@ def build_dataset(dataset_list, transforms, dataset_catalog, is_train=True, keep
         test: one data set per name.
     """
     if not isinstance(dataset_list, (list, tuple)) or not dataset_list:
-        raise ValueError("DATASETS.TRAIN / DATASETS.TEST must be a non-empty tuple of names, "
-                         f"got {dataset_list!r}")
+        raise DataError("DATASETS.TRAIN / DATASETS.TEST must be a non-empty tuple of names, "
+                        f"got {dataset_list!r}")
     datasets = []
     for dataset_name in dataset_list:
-        entry = dataset_catalog.get(dataset_name)
+        try:
+            entry = dataset_catalog.get(dataset_name)
+        except (RuntimeError, ValueError) as error:  # unknown or malformed name
+            raise DataError(str(error)) from None
         args = dict(entry["args"])
         if dataset_name.startswith(QUICKSTART_PREFIX):
             ensure_quickstart_shapes(Path(args["root"]).parent)
         factory = getattr(D, entry["factory"], None)
         if factory is None:
-            raise ValueError(f"dataset '{dataset_name}' needs a {entry['factory']} reader, which "
-                             "atss_core does not provide; convert it to COCO json and name it "
-                             "'coco:IMG_DIR:ANN_FILE'")
+            raise DataError(f"dataset '{dataset_name}' needs a {entry['factory']} reader, which "
+                            "atss_core does not provide; convert it to COCO json and name it "
+                            "'coco:IMG_DIR:ANN_FILE'")
         if entry["factory"] == "COCODataset":
             args["remove_images_without_annotations"] = is_train and not keep_empty_images
         args["transforms"] = transforms
-        datasets.append(factory(**args))
+        dataset = factory(**args)
+        if entry["factory"] == "COCODataset":
+            dataset.check_image_files()
+        datasets.append(dataset)
 
     if not is_train:
         return datasets
     if sum(len(dataset) for dataset in datasets) == 0:
-        raise ValueError(f"the training data {list(dataset_list)} has no image with a usable box "
-                         "(non-crowd, more than 1 pixel wide and tall inside the image); check the "
-                         "annotation files")
+        raise DataError(f"the training data {list(dataset_list)} has no image with a usable box "
+                        "(non-crowd, more than 1 pixel wide and tall inside the image); check the "
+                        "annotation files")
     return [datasets[0] if len(datasets) == 1 else D.ConcatDataset(datasets)]
 
 
@@ -65,9 +72,18 @@ def check_num_classes(cfg, dataset):
         num_categories = len(getattr(part, "json_category_id_to_contiguous_id", {}))
         if num_categories and cfg.MODEL.ATSS.NUM_CLASSES != num_categories + 1:
             source = getattr(part, "ann_file", type(part).__name__)
-            raise ValueError(f"MODEL.ATSS.NUM_CLASSES is {cfg.MODEL.ATSS.NUM_CLASSES} but {source} has "
-                             f"{num_categories} categories; set MODEL.ATSS.NUM_CLASSES {num_categories + 1} "
-                             "(categories + background)")
+            raise DataError(f"MODEL.ATSS.NUM_CLASSES is {cfg.MODEL.ATSS.NUM_CLASSES} but {source} has "
+                            f"{num_categories} categories; set MODEL.ATSS.NUM_CLASSES {num_categories + 1} "
+                            "(categories + background)")
+
+
+def check_test_datasets(cfg):
+    """Build every DATASETS.TEST set once, without reading an image, so that what would stop the
+    evaluation after training (unknown name, bad json, missing image file, NUM_CLASSES not fitting
+    the categories) raises its DataError before training starts."""
+    catalog = import_file("atss_core.config.paths_catalog", cfg.PATHS_CATALOG, True).DatasetCatalog
+    for dataset in build_dataset(cfg.DATASETS.TEST, None, catalog, is_train=False):
+        check_num_classes(cfg, dataset)
 
 
 def make_data_sampler(dataset, shuffle, distributed, seed=0):

@@ -2,14 +2,21 @@
 import contextlib
 import io
 import json
+import logging
+import math
 import os
+import reprlib
+from collections import Counter
 
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 
+from atss_core.data.errors import DataError
+from atss_core.data.image_io import read_image
 from atss_core.data.transforms import seeded_random
 from atss_core.structures.bounding_box import BoxList
+
+logger = logging.getLogger(__name__)
 
 
 def coco_boxes_to_clipped_xyxy(boxes_xywh, image_width, image_height):
@@ -38,17 +45,117 @@ def coco_boxes_to_clipped_xyxy(boxes_xywh, image_width, image_height):
 
 def _read_annotation_file(ann_file):
     if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"annotation file {ann_file} not found; check DATASETS and the "
-                                "DATA_DIR / paths_catalog entry that points to it")
+        raise DataError(f"annotation file {ann_file} not found; check DATASETS and the "
+                        "DATA_DIR / paths_catalog entry that points to it")
     try:
         with open(ann_file, encoding="utf-8") as handle:
             content = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"annotation file {ann_file} is not valid JSON ({err}); "
-                         "regenerate or fix it") from err
+        raise DataError(f"annotation file {ann_file} is not valid JSON ({err}); "
+                        "regenerate or fix it") from None
     if not isinstance(content, dict) or not isinstance(content.get("images"), list):
-        raise ValueError(f"annotation file {ann_file} has no 'images' list; it must be COCO instances format")
+        raise DataError(f"annotation file {ann_file} has no 'images' list; it must be COCO instances format")
+    for key in ("annotations", "categories"):
+        if not isinstance(content.setdefault(key, []), list):
+            raise DataError(f"'{key}' in annotation file {ann_file} is not a list; it must be COCO "
+                            "instances format")
     return content
+
+
+def _describe(entry, kind, position):
+    """``"annotation 17"``, or for an entry without an integer id its position and a short repr."""
+    entry_id = entry.get("id") if isinstance(entry, dict) else None
+    if _is_integer(entry_id):
+        return f"{kind} {entry_id}"
+    return f"{kind} at position {position} of '{kind}s' ({reprlib.repr(entry)})"
+
+
+def _is_integer(value):
+    return type(value) is int  # json gives plain ints; True / False are no ids
+
+
+def _first_bad_row(rows, width, positive=False):
+    """Position of the first row of ``rows`` that is not ``width`` finite numbers (all above 0
+    with ``positive``), or None.
+
+    One tensor conversion checks all rows at once; the rows are walked only when it fails.
+    """
+    try:
+        table = torch.tensor(rows, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):  # ragged, nested or not numbers
+        table = None
+    if table is not None and table.shape == (len(rows), width):
+        bad = ~torch.isfinite(table).all(dim=1)
+        if positive:
+            bad |= (table <= 0).any(dim=1)
+        positions = torch.nonzero(bad).flatten().tolist()
+        return positions[0] if positions else None
+    for position, row in enumerate(rows):
+        if not (isinstance(row, (list, tuple)) and len(row) == width
+                and all(isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or not positive)
+                        for v in row)):
+            return position
+    return None
+
+
+def _check_ids(entries, kind, ann_file):
+    """Every entry is a dict with a unique integer ``id``: pycocotools indexes them by id, and a
+    repeated id silently replaces the earlier entry (images paired with another image's boxes)."""
+    ids = [entry.get("id") if isinstance(entry, dict) else None for entry in entries]
+    if not all(_is_integer(entry_id) for entry_id in ids):
+        position = next(i for i, entry_id in enumerate(ids) if not _is_integer(entry_id))
+        raise DataError(f"{_describe(entries[position], kind, position)} in {ann_file} has no integer "
+                        "'id'; give every entry a unique integer id")
+    if len(set(ids)) != len(ids):
+        repeated = next(entry_id for entry_id, count in Counter(ids).items() if count > 1)
+        raise DataError(f"{kind} id {repeated} appears {ids.count(repeated)} times in {ann_file}; "
+                        f"{kind} ids must be unique (renumber the {kind}s)")
+
+
+def validate_coco_content(content, ann_file):
+    """Refuse, in one line naming ``ann_file`` and the entry, a COCO json that pycocotools would
+    index wrongly or that would fail later; warn once about annotations of no listed image.
+
+    Checks: unique integer ids of images, annotations and categories; images with a string
+    ``file_name`` and positive numeric ``width`` / ``height``; annotations with an integer
+    ``image_id``, a ``bbox`` of 4 finite numbers and a listed ``category_id``.
+    """
+    images, annotations, categories = content["images"], content["annotations"], content["categories"]
+    for entries, kind in ((images, "image"), (annotations, "annotation"), (categories, "category")):
+        _check_ids(entries, kind, ann_file)
+
+    for position, image in enumerate(images):
+        if not isinstance(image.get("file_name"), str):
+            raise DataError(f"{_describe(image, 'image', position)} in {ann_file} needs a 'file_name'")
+    for position, category in enumerate(categories):
+        if "name" not in category:
+            raise DataError(f"{_describe(category, 'category', position)} in {ann_file} needs a 'name'")
+    position = _first_bad_row([[image.get("width"), image.get("height")] for image in images], 2, positive=True)
+    if position is not None:
+        image = images[position]
+        raise DataError(f"{_describe(image, 'image', position)} in {ann_file} needs a positive numeric "
+                        f"'width' and 'height' (got {image.get('width')!r} x {image.get('height')!r})")
+
+    position = next((i for i, a in enumerate(annotations) if not _is_integer(a.get("image_id"))), None)
+    if position is not None:
+        raise DataError(f"{_describe(annotations[position], 'annotation', position)} in {ann_file} has "
+                        f"no integer 'image_id' (got {annotations[position].get('image_id')!r})")
+    position = _first_bad_row([annotation.get("bbox") for annotation in annotations], 4)
+    if position is not None:
+        raise DataError(f"{_describe(annotations[position], 'annotation', position)} in {ann_file} needs "
+                        f"a 'bbox' of 4 numbers [x, y, w, h] (got {annotations[position].get('bbox')!r})")
+    category_ids = {category["id"] for category in categories}
+    position = next((i for i, a in enumerate(annotations) if a.get("category_id") not in category_ids), None)
+    if position is not None:
+        raise DataError(f"{_describe(annotations[position], 'annotation', position)} in {ann_file} has "
+                        f"category_id {annotations[position].get('category_id')!r}, which 'categories' "
+                        "does not list")
+
+    image_ids = {image["id"] for image in images}
+    orphans = sum(annotation["image_id"] not in image_ids for annotation in annotations)
+    if orphans:
+        logger.warning("%d annotations in %s belong to no image listed in 'images'; they are ignored",
+                       orphans, ann_file)
 
 
 class COCODataset(torch.utils.data.Dataset):
@@ -58,6 +165,8 @@ class COCODataset(torch.utils.data.Dataset):
     background). Crowd annotations are ignored, boxes are clipped to the image and boxes no
     more than one pixel wide or tall after clipping are dropped. Only ``bbox`` is read, so
     box-only annotations (no ``segmentation``) work, and so do image-only files (test splits).
+    The json is checked by ``validate_coco_content`` before pycocotools indexes it; images are read
+    lazily by ``atss_core.data.image_io.read_image`` (``check_image_files`` checks they all exist).
 
     Args:
         ann_file (str): COCO json.
@@ -80,6 +189,7 @@ class COCODataset(torch.utils.data.Dataset):
         self.root = root
         self.coco = COCO()
         self.coco.dataset = _read_annotation_file(ann_file)
+        validate_coco_content(self.coco.dataset, ann_file)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco.createIndex()
 
@@ -91,26 +201,23 @@ class COCODataset(torch.utils.data.Dataset):
         self.categories = {cat_id: self.coco.cats[cat_id]["name"] for cat_id in category_ids}
         self.class_names = ("__background",) + tuple(self.categories.values())
 
-        self._check_entries()
         self.ids = sorted(self.coco.imgs)  # sorted for reproducible order
         if remove_images_without_annotations:
             self.ids = self._ids_with_usable_boxes()
         self.id_to_img_map = dict(enumerate(self.ids))
         self._transforms = transforms
 
-    def _check_entries(self):
-        """Fail early, naming the entry, on json content that would break later."""
-        for image in self.coco.dataset["images"]:
-            if not {"id", "file_name", "width", "height"} <= image.keys():
-                raise ValueError(f"image entry {image} in {self.ann_file} needs id, file_name, "
-                                 "width and height")
-        known_categories = self.json_category_id_to_contiguous_id
-        for annotation in self.coco.anns.values():
-            category_id = annotation.get("category_id")
-            if len(annotation.get("bbox", ())) != 4 or category_id not in known_categories:
-                raise ValueError(f"annotation {annotation.get('id')} in {self.ann_file} needs a 'bbox' "
-                                 "[x, y, w, h] and a 'category_id' listed in 'categories' (got "
-                                 f"bbox {annotation.get('bbox')!r}, category_id {category_id!r})")
+    def check_image_files(self):
+        """Raise DataError unless every image of the data set is a file (one ``os.path`` call per
+        image, none is opened). ``build_dataset`` calls it, so that a missing file stops a run at
+        its start, not hours in."""
+        paths = [self._image_path(self.coco.imgs[image_id]) for image_id in self.ids]
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if missing:
+            problem = "is a folder, not an image file" if os.path.isdir(missing[0]) else "does not exist"
+            raise DataError(f"{len(missing)} of the {len(paths)} images listed in {self.ann_file} are "
+                            f"not files: {missing[0]} {problem}; check that the image folder {self.root} "
+                            "belongs to this annotation file")
 
     def _annotation_arrays(self, annotations):
         """Boxes (N,4) float32, contiguous labels (N,) int64 and crowd flags (N,) bool."""
@@ -136,21 +243,16 @@ class COCODataset(torch.utils.data.Dataset):
         _, usable = coco_boxes_to_clipped_xyxy(boxes, widths, heights)
         return torch.unique(image_ids[usable & ~crowd]).tolist()
 
+    def _image_path(self, image_info):
+        return os.path.join(self.root, image_info["file_name"])
+
     def _load_image(self, image_info):
-        path = os.path.join(self.root, image_info["file_name"])
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image file {path} (listed in {self.ann_file}) not found; "
-                                    "check the image folder of this data set") from None
-        except OSError as err:
-            raise OSError(f"cannot read image file {path}: {err}; replace the file or remove it "
-                          f"from {self.ann_file}") from err
+        path = self._image_path(image_info)
         expected = (image_info["width"], image_info["height"])
+        image = read_image(path, annotated_size=expected)
         if image.size != expected:
-            raise ValueError(f"image file {path} is {image.size[0]}x{image.size[1]} but "
-                             f"{self.ann_file} says {expected[0]}x{expected[1]}; fix its width/height")
+            raise DataError(f"image file {path} is {image.size[0]}x{image.size[1]} but "
+                            f"{self.ann_file} says {expected[0]}x{expected[1]}; fix its width/height")
         return image
 
     def __getitem__(self, index):

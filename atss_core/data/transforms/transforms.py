@@ -51,6 +51,7 @@ class Resize:
 
     ``min_size`` is an int or a sequence of candidates; training picks one at random per image
     (multi-scale training). The output size is truncated with ``int()``, as the original does.
+    Images are resized to ``clamped_size``, which never has a 0 px side.
     """
 
     def __init__(self, min_size, max_size):
@@ -73,8 +74,21 @@ class Resize:
             return int(short_target * height / width), short_target
         return short_target, int(short_target * width / height)
 
+    def clamped_size(self, image_size):
+        """``get_size`` without 0 px sides.
+
+        ``get_size`` keeps the original's result, which is 0 x 0 for an image more than about
+        ``2 * max_size`` times longer than wide (1 x 5000 with max_size 1333); such an image gets a
+        1 px short side and a ``max_size`` long side instead (stretched across the short side).
+        """
+        height, width = self.get_size(image_size)
+        if height >= 1 and width >= 1:
+            return height, width
+        image_width, image_height = image_size
+        return (self.max_size, 1) if image_width < image_height else (1, self.max_size)
+
     def __call__(self, image, target=None):
-        image = F.resize(image, self.get_size(image.size))
+        image = F.resize(image, self.clamped_size(image.size))
         if target is None:
             return image
         return image, target.resize(image.size)
