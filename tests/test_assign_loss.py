@@ -82,6 +82,16 @@ def test_zero_gts_make_every_anchor_background(positive_type):
     assert bool((result.matched_gt_inds == -1).all())
 
 
+@pytest.mark.parametrize("positive_type", POSITIVE_TYPES)
+def test_zero_anchors_give_an_empty_result(positive_type):
+    """An image without anchors (e.g. a config with no level) yields (0,) labels and matches, as
+    for zero GTs, for every positive type."""
+    gt_boxes, gt_labels = torch.tensor([[10.0, 10.0, 50.0, 60.0]]), torch.tensor([3])
+    result = build_assigner(_type_cfg(positive_type))(torch.zeros(0, 4), gt_boxes, gt_labels)
+    assert result.labels.shape == result.matched_gt_inds.shape == (0,)
+    assert result.labels.dtype == result.matched_gt_inds.dtype == torch.int64
+
+
 def test_two_images_through_prepare_targets():
     golden = load_golden("assign_targets.pt")["two_images"]
     evaluator = make_atss_loss_evaluator(cfg, BoxCoder(cfg))

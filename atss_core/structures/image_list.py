@@ -67,6 +67,8 @@ def to_image_list(tensors, size_divisible=0):
         max_shape[2] = int(math.ceil(max_shape[2] / size_divisible) * size_divisible)
 
     batched = tensors[0].new_zeros((len(tensors), *max_shape))
-    for image, padded in zip(tensors, batched):
-        padded[: image.shape[0], : image.shape[1], : image.shape[2]].copy_(image)
+    # Indexed writes into the batch (not copy_ into iterated views) keep autograd working when
+    # the images require grad: gradients flow back to every input image.
+    for index, image in enumerate(tensors):
+        batched[index, : image.shape[0], : image.shape[1], : image.shape[2]] = image
     return ImageList(batched, [image.shape[-2:] for image in tensors])

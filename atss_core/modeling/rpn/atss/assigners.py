@@ -21,7 +21,7 @@ check between box lists, which ``ATSSLossComputation`` keeps).
 Conventions shared with the original: IoU uses the legacy "+1" pixel areas; an anchor "centre
 inside a GT" means min(l, t, r, b) > 0.01 for its centre's distances to the GT's sides; an anchor
 that qualifies for several GTs goes to the one it overlaps most (ties: the lowest GT index). With
-zero GTs every anchor is background (the original crashed). Anchors x GTs work is done in blocks of
+zero GTs every anchor is background (the original crashed); zero anchors give an empty result. Anchors x GTs work is done in blocks of
 at most ``MAX_PAIRS_PER_BLOCK`` pairs, so memory stays flat with hundreds of GTs.
 """
 import logging
@@ -183,7 +183,7 @@ class Assigner:
                              f"{anchors.shape[0]} anchors; pass one count per level, in order")
         _check_gts(gt_boxes, gt_labels)
         num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
-        if num_gt == 0:
+        if num_gt == 0 or num_anchors == 0:
             return AssignResult(
                 labels=torch.zeros(num_anchors, dtype=torch.int64, device=anchors.device),
                 matched_gt_inds=torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device))
