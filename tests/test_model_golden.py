@@ -253,6 +253,28 @@ def test_training_needs_targets(cpu_model):
         model([torch.zeros(3, 64, 64)] * 2, [BoxList(torch.zeros(0, 4), (64, 64))])
 
 
+def _boxlist_with_labels(labels):
+    target = BoxList(torch.tensor([[10.0, 12.0, 40.0, 50.0]] * len(labels)), (64, 64))
+    target.add_field("labels", torch.tensor(labels))
+    return target
+
+
+def test_dict_targets_and_labels_outside_the_classes_are_refused(cpu_model):
+    """torchvision-style dict targets get a TypeError naming BoxList; labels outside
+    1..NUM_CLASSES-1 (81 classes with the background: 1..80) one ValueError, before any work."""
+    model = copy.deepcopy(cpu_model).train()
+    image = torch.zeros(3, 64, 64)
+    as_dict = {"boxes": torch.tensor([[10.0, 12.0, 40.0, 50.0]]), "labels": torch.tensor([1])}
+    with pytest.raises(TypeError, match="target 0 is dict; targets must be BoxLists .* 'labels' field"):
+        model([image], [as_dict])
+    with pytest.raises(TypeError, match="target 0 is a BoxList without 'labels'"):
+        model([image], [BoxList(torch.zeros(0, 4), (64, 64))])
+    for bad in (81, 0, -1):
+        with pytest.raises(ValueError, match=f"target 1 has label {bad}; labels must be class ids 1..80"):
+            model([image, image], [_boxlist_with_labels([1]), _boxlist_with_labels([80, bad])])
+    assert set(model([image], [_boxlist_with_labels([80])])) == {"loss_cls", "loss_reg", "loss_centerness"}
+
+
 def test_image_without_gt_trains_with_finite_losses(cpu_model):
     model = copy.deepcopy(cpu_model).train()
     sizes = [(96, 128), (80, 112)]

@@ -6,13 +6,14 @@ detection list, and there are no ROI heads.
 import torch
 from torch import nn
 
+from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.image_list import to_image_list
 
 from ..backbone import build_backbone
 from ..fuse import fuse_frozen_bn
 from ..rpn.rpn import build_rpn
 
-__all__ = ["GeneralizedRCNN"]
+__all__ = ["GeneralizedRCNN", "check_targets"]
 
 
 class GeneralizedRCNN(nn.Module):
@@ -37,6 +38,7 @@ class GeneralizedRCNN(nn.Module):
                 "MODEL.RPN_ONLY is False, but this project has no ROI heads (ATSS is one-stage): "
                 "set MODEL.RPN_ONLY True, e.g. with a configs/atss/*.yaml file")
         self.size_divisibility = cfg.DATALOADER.SIZE_DIVISIBILITY
+        self.num_classes = cfg.MODEL.ATSS.NUM_CLASSES  # background included
         self.backbone = build_backbone(cfg)
         self.rpn = build_rpn(cfg, self.backbone.out_channels)
         # NHWC memory order for the conv weights and the input batch: same results, faster
@@ -71,12 +73,33 @@ class GeneralizedRCNN(nn.Module):
             raise ValueError("GeneralizedRCNN in training mode needs targets (a list of BoxList, one per "
                              "image): pass them, or call model.eval() to get detections")
         images = to_image_list(images, self.size_divisibility)
-        if targets is not None and len(targets) != len(images.image_sizes):
-            raise ValueError(f"got {len(targets)} targets for {len(images.image_sizes)} images: "
-                             "pass one BoxList per image")
+        if targets is not None:
+            check_targets(targets, len(images.image_sizes), self.num_classes)
         batch = images.tensors
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         features = self.backbone(batch)
         detections, losses = self.rpn(images, features, targets)
         return losses if self.training else detections
+
+
+def check_targets(targets, num_images, num_classes):
+    """Raises one clear error for targets the model cannot train on.
+
+    targets: list of ``num_images`` BoxList with an int64 field "labels" (G_i,) in
+    1..num_classes - 1 (``num_classes`` counts the background, as ``MODEL.ATSS.NUM_CLASSES``).
+    """
+    if len(targets) != num_images:
+        raise ValueError(f"got {len(targets)} targets for {num_images} images: pass one BoxList per image")
+    for index, target in enumerate(targets):
+        if not isinstance(target, BoxList) or not target.has_field("labels"):
+            got = type(target).__name__ if not isinstance(target, BoxList) else "a BoxList without 'labels'"
+            raise TypeError(f"target {index} is {got}; targets must be BoxLists (xyxy, size = the unpadded "
+                            "image (W, H)) with a 'labels' field: for a {'boxes', 'labels'} dict use "
+                            "BoxList(boxes, (W, H)) and .add_field('labels', labels)")
+        labels = target.get_field("labels")
+        outside = (labels < 1) | (labels > num_classes - 1)
+        if outside.any():
+            raise ValueError(f"target {index} has label {int(labels[outside][0])}; labels must be class ids "
+                             f"1..{num_classes - 1} (MODEL.ATSS.NUM_CLASSES {num_classes} counts the background "
+                             "as 0): fix the data's category ids or raise MODEL.ATSS.NUM_CLASSES")
