@@ -436,7 +436,7 @@ def test_losses_are_float32_under_mixed_precision(low_precision):
     rounded = [[x.detach().to(low_precision) for x in maps] for maps in (box_cls, box_regression, centerness)]
     evaluator = make_atss_loss_evaluator(cfg, BoxCoder(cfg))
     expected = evaluator(*[[x.float() for x in maps] for maps in rounded], targets, anchors)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=low_precision):
         losses = evaluator(*rounded, targets, anchors)
     for loss, want in zip(losses, expected):
         assert loss.dtype == torch.float32

@@ -343,7 +343,7 @@ def test_deform_conv_runs_in_float32_under_mixed_precision(op_path, low_precisio
     low = {k: t[k].to(low_precision) for k in ("input", "offset", "mask")}
     expected = modulated_deform_conv(low["input"].float(), low["offset"].float(), low["mask"].float(),
                                      t["weight"], t["bias"], **t["conv"])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=low_precision):
         out = modulated_deform_conv(low["input"], low["offset"], low["mask"], t["weight"], t["bias"],
                                     **t["conv"])
         out_v1 = deform_conv(low["input"], low["offset"], t["weight"], **t["conv"])

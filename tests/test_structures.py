@@ -407,9 +407,6 @@ class TestNmsWrappers:
 
 def test_nms_with_real_layers_uses_inclusive_iou():
     """Two boxes with IoU 90/110 (with "+1") > 0.6: the lower score goes unless labels differ."""
-    layers = pytest.importorskip("atss_core.layers", reason="atss_core.layers not written yet")
-    if not (hasattr(layers, "nms") and hasattr(layers, "ml_nms")):
-        pytest.skip("atss_core.layers has no nms / ml_nms yet")
     b = BoxList(boxes([0, 0, 9, 9], [1, 0, 10, 9], [30, 30, 39, 39]), (50, 50))
     b.add_field("scores", torch.tensor([0.8, 0.9, 0.5]))
     b.add_field("labels", torch.tensor([1, 1, 1]))
