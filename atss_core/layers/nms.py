@@ -12,7 +12,7 @@ import torchvision
 from ._ext import compiled_ops
 
 
-def nms(boxes, scores, iou_threshold):
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Class-agnostic NMS.
 
     Args:
@@ -29,7 +29,7 @@ def nms(boxes, scores, iou_threshold):
     return _nms_fallback(boxes, scores, None, iou_threshold)
 
 
-def ml_nms(boxes, scores, labels, iou_threshold):
+def ml_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Class-aware ("multi-label") NMS: a box only suppresses boxes of its own label.
 
     Args:

@@ -1,5 +1,6 @@
 """Small layer factories shared by the backbone, the FPN and the heads."""
 import functools
+from typing import Callable
 
 from torch import nn
 
@@ -25,7 +26,8 @@ def get_group_gn(dim, dim_per_gp, num_groups):
     return num_groups
 
 
-def group_norm(out_channels, affine=True, divisor=1, dim_per_gp=-1, num_groups=32, eps=1e-5):
+def group_norm(out_channels: int, affine: bool = True, divisor: int = 1, dim_per_gp: int = -1, num_groups: int = 32,
+               eps: float = 1e-5) -> nn.GroupNorm:
     """``nn.GroupNorm`` over ``out_channels``; the defaults are those of ``MODEL.GROUP_NORM``.
 
     ``divisor`` shrinks channels, channels-per-group and groups alike (used by narrow layers).
@@ -35,7 +37,7 @@ def group_norm(out_channels, affine=True, divisor=1, dim_per_gp=-1, num_groups=3
     return nn.GroupNorm(groups, out_channels, eps, affine)
 
 
-def group_norm_from_config(group_norm_cfg):
+def group_norm_from_config(group_norm_cfg) -> Callable[..., nn.GroupNorm]:
     """``group_norm`` with ``MODEL.GROUP_NORM`` (``group_norm_cfg``) bound: ``fn(out_channels, ...)``."""
     return functools.partial(group_norm, dim_per_gp=group_norm_cfg.DIM_PER_GP,
                              num_groups=group_norm_cfg.NUM_GROUPS, eps=group_norm_cfg.EPSILON)

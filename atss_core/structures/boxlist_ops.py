@@ -53,7 +53,7 @@ def remove_small_boxes(boxlist, min_size):
     return boxlist[keep]
 
 
-def box_iou_plus_one(boxes1, boxes2):
+def box_iou_plus_one(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU with the legacy "+1" areas ((x2 - x1 + 1) * (y2 - y1 + 1)), as the original's boxlist_iou.
 
     ``boxes1`` (..., 4) and ``boxes2`` (..., 4) xyxy broadcast against each other: pass

@@ -3,6 +3,8 @@
 ATSS is a one-stage detector (``MODEL.RPN_ONLY``): the head's post-processed output is the final
 detection list, and there are no ROI heads.
 """
+from typing import Sequence, Tuple
+
 import torch
 from torch import nn
 
@@ -87,7 +89,7 @@ class GeneralizedRCNN(nn.Module):
         return losses if self.training else detections
 
 
-def check_targets(targets, image_sizes, num_classes):
+def check_targets(targets: Sequence[BoxList], image_sizes: Sequence[Tuple[int, int]], num_classes: int) -> None:
     """Raises one clear error for targets the model cannot train on.
 
     targets: one BoxList per image, sized as the unpadded image (W, H) of ``image_sizes`` (N (H, W)
