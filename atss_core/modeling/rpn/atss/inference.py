@@ -173,4 +173,3 @@ class ATSSPostProcessor(torch.nn.Module):
         kept = candidates[ml_nms(candidates.boxes, candidates.scores, groups, self.nms_thresh)]
         kept = kept[torch.argsort(kept.scores, descending=True, stable=True)]
         return kept[keep_top_per_group(kept.scores, kept.image, self.fpn_post_nms_top_n)]
-

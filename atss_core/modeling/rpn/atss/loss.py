@@ -188,4 +188,3 @@ class ATSSLossComputation:
             reg_loss = regression_pos.sum()
             centerness_loss = centerness_pos.sum()
         return cls_loss, reg_loss * self.reg_loss_weight, centerness_loss
-
