@@ -86,6 +86,12 @@ def test_anchors_are_made_once_per_feature_map_size():
     other = _run_generator(generator, [(5, 6), (3, 3)], 2, "cpu")
     assert [len(level) for level in other] == [30, 9]
     assert all(torch.equal(a, b) for a, b in zip(other, generator.grid_anchors([(5, 6), (3, 3)])))
+    # anchors made under inference_mode are not handed to autograd code afterwards
+    with torch.inference_mode():
+        inference = _run_generator(generator, [(4, 6), (2, 3)], 2, "cpu")
+    assert all(a.is_inference() and not b.is_inference() for a, b in zip(inference, first))
+    weight = torch.ones(4, requires_grad=True)
+    (_run_generator(generator, [(4, 6), (2, 3)], 2, "cpu")[0] * weight).sum().backward()
     # loading other cell anchors (a state dict) drops what was made from the old ones
     state = {key: value + 1 for key, value in generator.state_dict().items()}
     generator.load_state_dict(state)

@@ -156,7 +156,8 @@ class AnchorGenerator(nn.Module):
         """
         grid_sizes = tuple(tuple(feature_map.shape[-2:]) for feature_map in feature_maps)
         first = next(iter(self.cell_anchors))
-        key = (grid_sizes, first.device, first.dtype)
+        # Tensors made under inference_mode cannot be used by autograd later: keep them apart.
+        key = (grid_sizes, first.device, first.dtype, torch.is_inference_mode_enabled())
         anchors = self._cache.get(key)
         if anchors is None:
             anchors = self.grid_anchors(grid_sizes)
