@@ -8,7 +8,6 @@ from atss_core.config import cfg
 from atss_core.modeling.rpn.anchor_generator import (
     AnchorGenerator, generate_anchors, make_anchor_generator_atss)
 from atss_core.modeling.rpn.atss.box_coder import BoxCoder
-from atss_core.structures.image_list import ImageList
 from conftest import DEVICES, load_golden
 
 
@@ -18,11 +17,9 @@ def _cfg(*overrides):
     return config
 
 
-def _run_generator(generator, grid_hw, image_sizes_hw, device):
-    images = ImageList(torch.zeros(len(image_sizes_hw), 3, 1, 1, device=device),
-                       [tuple(size) for size in image_sizes_hw])
-    features = [torch.zeros(len(image_sizes_hw), 1, h, w, device=device) for h, w in grid_hw]
-    return generator.to(device)(images, features)
+def _run_generator(generator, grid_hw, num_images, device):
+    features = [torch.zeros(num_images, 1, h, w, device=device) for h, w in grid_hw]
+    return generator.to(device)(features)
 
 
 # ---------------------------------------------------------------------------- generate_anchors
@@ -59,14 +56,12 @@ def test_anchor_generator_matches_original(case, device):
         assert ours.dtype == torch.float32
         assert torch.equal(ours, theirs)
 
-    anchors = _run_generator(generator, golden["grid_hw"].tolist(), golden["image_sizes_hw"].tolist(), device)
-    assert len(anchors) == len(golden["anchors"])
-    for image, (per_level, size_wh) in enumerate(zip(anchors, golden["boxlist_size_wh"].tolist())):
-        for level, boxlist in enumerate(per_level):
-            assert boxlist.size == tuple(size_wh)
-            assert boxlist.mode == "xyxy"
-            assert torch.equal(boxlist.bbox.cpu(), golden["anchors"][image][level])
-            assert torch.equal(boxlist.get_field("visibility").cpu(), golden["visibility"][image][level])
+    anchors = _run_generator(generator, golden["grid_hw"].tolist(), len(golden["anchors"]), device)
+    # one tensor per level, shared by the images: the original's per-image anchors all equal it
+    assert len(anchors) == len(golden["anchors"][0])
+    for per_image in golden["anchors"]:
+        for level, expected in enumerate(per_image):
+            assert torch.equal(anchors[level].cpu(), expected)
 
 
 def test_anchor_layout_is_row_major_with_anchors_of_a_cell_consecutive():
@@ -83,16 +78,29 @@ def test_anchor_layout_is_row_major_with_anchors_of_a_cell_consecutive():
             assert torch.equal(grid[y, x], cell + shift)
 
 
-def test_visibility_uses_the_unpadded_size_and_straddle_thresh():
-    generator = AnchorGenerator(sizes=(8,), aspect_ratios=(1.0,), anchor_strides=(8,), straddle_thresh=0)
-    # Cell anchor (8 x 8 around (4, 4)) is [0.5, 0.5, 7.5, 7.5]; the 16 x 16 grid covers 128 px.
-    (per_level,) = _run_generator(generator, [(16, 16)], [(20, 30)], "cpu")
-    boxes, visible = per_level[0].bbox, per_level[0].get_field("visibility")
-    assert torch.equal(visible, (boxes[:, 2] < 30) & (boxes[:, 3] < 20))
-    assert int(visible.sum()) == 3 * 2  # x2 = 7.5 + 8i < 30 for i <= 2; y2 < 20 for j <= 1
-    generator.straddle_thresh = -1
-    (per_level,) = _run_generator(generator, [(16, 16)], [(20, 30)], "cpu")
-    assert bool(per_level[0].get_field("visibility").all())
+def test_anchors_are_made_once_per_feature_map_size():
+    generator = AnchorGenerator(sizes=(8, 16), aspect_ratios=(1.0,), anchor_strides=(8, 16))
+    first = _run_generator(generator, [(4, 6), (2, 3)], 2, "cpu")
+    again = _run_generator(generator, [(4, 6), (2, 3)], 1, "cpu")  # batch size plays no part
+    assert all(a is b for a, b in zip(first, again))
+    other = _run_generator(generator, [(5, 6), (3, 3)], 2, "cpu")
+    assert [len(level) for level in other] == [30, 9]
+    assert all(torch.equal(a, b) for a, b in zip(other, generator.grid_anchors([(5, 6), (3, 3)])))
+    # anchors made under inference_mode are not handed to autograd code afterwards
+    with torch.inference_mode():
+        inference = _run_generator(generator, [(4, 6), (2, 3)], 2, "cpu")
+    assert all(a.is_inference() and not b.is_inference() for a, b in zip(inference, first))
+    weight = torch.ones(4, requires_grad=True)
+    (_run_generator(generator, [(4, 6), (2, 3)], 2, "cpu")[0] * weight).sum().backward()
+    # loading other cell anchors (a state dict) drops what was made from the old ones
+    state = {key: value + 1 for key, value in generator.state_dict().items()}
+    generator.load_state_dict(state)
+    shifted = _run_generator(generator, [(4, 6), (2, 3)], 2, "cpu")
+    assert all(torch.equal(a + 1, b) for a, b in zip(first, shifted))
+    # and the cache stays bounded
+    for width in range(1, 3 * AnchorGenerator.CACHE_SIZE):
+        _run_generator(generator, [(1, width), (1, 1)], 1, "cpu")
+    assert len(generator._cache) == AnchorGenerator.CACHE_SIZE
 
 
 def test_cell_anchors_are_float32_buffers_named_like_the_original():
@@ -116,7 +124,7 @@ def test_mismatched_sizes_and_strides_are_reported():
 @pytest.mark.parametrize("regression_type", ["BOX", "POINT"])
 def test_box_coder_matches_original(regression_type, device):
     golden = load_golden("components.pt")["box_coder"]
-    coder = BoxCoder(_cfg("MODEL.ATSS.REGRESSION_TYPE", regression_type))
+    coder = BoxCoder.from_config(_cfg("MODEL.ATSS.REGRESSION_TYPE", regression_type))
     anchors, gt = golden["anchors"].to(device), golden["gt"].to(device)
     preds = golden["preds_box" if regression_type == "BOX" else "preds_point"].to(device)
     expected = golden[regression_type]
@@ -130,7 +138,7 @@ def test_box_coder_matches_original(regression_type, device):
 
 def test_box_coder_float64_matches_original():
     golden = load_golden("components.pt")["box_coder"]
-    coder = BoxCoder(cfg)
+    coder = BoxCoder.from_config(cfg)
     anchors, gt = golden["anchors"].double(), golden["gt"].double()
     torch.testing.assert_close(coder.encode(gt, anchors), golden["BOX_float64"]["encode_gt"],
                                rtol=1e-12, atol=1e-12)
@@ -139,7 +147,7 @@ def test_box_coder_float64_matches_original():
 
 
 def test_box_decode_clamps_log_scale_and_uses_plus_one_widths():
-    coder = BoxCoder(cfg)
+    coder = BoxCoder.from_config(cfg)
     anchors = torch.tensor([[0.0, 0.0, 15.0, 31.0]], dtype=torch.float64)  # 16 x 32 ("+1")
     # Zero deltas give the anchor back.
     assert coder.decode(torch.zeros(1, 4, dtype=torch.float64), anchors).tolist() == anchors.tolist()
@@ -154,7 +162,7 @@ def test_box_decode_clamps_log_scale_and_uses_plus_one_widths():
 
 
 def test_point_coder_hand_values():
-    coder = BoxCoder(_cfg("MODEL.ATSS.REGRESSION_TYPE", "POINT"))
+    coder = BoxCoder.from_config(_cfg("MODEL.ATSS.REGRESSION_TYPE", "POINT"))
     assert coder.point_scale == 8
     anchors = torch.tensor([[-27.5, -27.5, 35.5, 35.5]], dtype=torch.float64)  # centre (4, 4), 64 wide
     gt = torch.tensor([[0.0, -12.0, 36.0, 20.0]], dtype=torch.float64)  # l, t, r, b = 4, 16, 32, 16
@@ -165,7 +173,7 @@ def test_point_coder_hand_values():
 
 @pytest.mark.parametrize("regression_type", ["BOX", "POINT"])
 def test_decode_inverts_encode(regression_type):
-    coder = BoxCoder(_cfg("MODEL.ATSS.REGRESSION_TYPE", regression_type))
+    coder = BoxCoder.from_config(_cfg("MODEL.ATSS.REGRESSION_TYPE", regression_type))
     generator = torch.Generator().manual_seed(1)
     xy = torch.rand(50, 2, generator=generator, dtype=torch.float64) * 300
     anchors = torch.cat([xy, xy + 8 + torch.rand(50, 2, generator=generator, dtype=torch.float64) * 100], 1)
@@ -175,4 +183,4 @@ def test_decode_inverts_encode(regression_type):
 
 def test_unknown_regression_type_is_reported():
     with pytest.raises(ValueError, match="REGRESSION_TYPE"):
-        BoxCoder(_cfg("MODEL.ATSS.REGRESSION_TYPE", "CORNERS"))
+        BoxCoder.from_config(_cfg("MODEL.ATSS.REGRESSION_TYPE", "CORNERS"))

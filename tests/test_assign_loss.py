@@ -17,7 +17,7 @@ from atss_core.modeling.rpn.atss.box_coder import BoxCoder
 from atss_core.modeling.rpn.atss.loss import make_atss_loss_evaluator
 from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.boxlist_ops import boxlist_iou
-from atss_core.structures.image_list import ImageList
+from atss_core.modeling.detector.generalized_rcnn import check_targets
 from conftest import DEVICES, load_golden
 
 POSITIVE_TYPES = ["ATSS", "SSC", "IoU", "TOPK"]
@@ -41,9 +41,8 @@ def _boxlist(boxes, size_wh, labels):
     return boxlist
 
 
-def _golden_anchor_boxlists(size_wh):
-    anchors = load_golden("assign_targets.pt")["anchors"]
-    return [BoxList(level, size_wh) for level in anchors.split(GOLDEN_LEVEL_SIZES)]
+def _golden_anchors_per_level():
+    return list(load_golden("assign_targets.pt")["anchors"].split(GOLDEN_LEVEL_SIZES))
 
 
 # ---------------------------------------------------------------------------- golden assignment
@@ -67,7 +66,7 @@ def test_assignment_matches_original(run_id, device):
     positive = result.labels.cpu() > 0
     assert torch.equal(result.matched_gt_inds.cpu() >= 0, positive)
     matched_boxes = gt["bbox"][result.matched_gt_inds.cpu()[positive]]
-    reg_targets = BoxCoder(config).encode(matched_boxes, anchors.cpu()[positive])
+    reg_targets = BoxCoder.from_config(config).encode(matched_boxes, anchors.cpu()[positive])
     torch.testing.assert_close(reg_targets, expected["reg_targets"][positive], rtol=0, atol=1e-4)
 
 
@@ -82,12 +81,22 @@ def test_zero_gts_make_every_anchor_background(positive_type):
     assert bool((result.matched_gt_inds == -1).all())
 
 
+@pytest.mark.parametrize("positive_type", POSITIVE_TYPES)
+def test_zero_anchors_give_an_empty_result(positive_type):
+    """An image without anchors (e.g. a config with no level) yields (0,) labels and matches, as
+    for zero GTs, for every positive type."""
+    gt_boxes, gt_labels = torch.tensor([[10.0, 10.0, 50.0, 60.0]]), torch.tensor([3])
+    result = build_assigner(_type_cfg(positive_type))(torch.zeros(0, 4), gt_boxes, gt_labels)
+    assert result.labels.shape == result.matched_gt_inds.shape == (0,)
+    assert result.labels.dtype == result.matched_gt_inds.dtype == torch.int64
+
+
 def test_two_images_through_prepare_targets():
     golden = load_golden("assign_targets.pt")["two_images"]
-    evaluator = make_atss_loss_evaluator(cfg, BoxCoder(cfg))
+    evaluator = make_atss_loss_evaluator(cfg, BoxCoder.from_config(cfg))
     sizes_wh = [(w, h) for h, w in golden["image_sizes_hw"]]
     targets = [_boxlist(b, size, l) for b, size, l in zip(golden["bbox"], sizes_wh, golden["labels_gt"])]
-    labels, reg_targets = evaluator.prepare_targets(targets, [_golden_anchor_boxlists(s) for s in sizes_wh])
+    labels, reg_targets = evaluator.prepare_targets(targets, _golden_anchors_per_level())
     assert [int((l > 0).sum()) for l in labels] == [41, 36]
     for ours, ours_reg, theirs, theirs_reg in zip(labels, reg_targets, golden["labels"],
                                                   golden["reg_targets"]):
@@ -295,7 +304,7 @@ def test_giou_and_centerness_targets_match_original(regression_type):
     golden = load_golden("components.pt")
     case, anchors = golden["giou"][regression_type], golden["box_coder"]["anchors"]
     config = _cfg("MODEL.ATSS.REGRESSION_TYPE", regression_type)
-    evaluator = make_atss_loss_evaluator(config, BoxCoder(config))
+    evaluator = make_atss_loss_evaluator(config, BoxCoder.from_config(config))
     centerness = evaluator.compute_centerness_targets(case["target"], anchors)
     torch.testing.assert_close(centerness, case["centerness_targets"], rtol=1e-5, atol=1e-6)
     for weight, key in [(case["centerness_targets"], "loss_weighted"), (None, "loss_unweighted"),
@@ -306,7 +315,7 @@ def test_giou_and_centerness_targets_match_original(regression_type):
 
 def test_giou_of_degenerate_boxes_stays_finite():
     config = _cfg("MODEL.ATSS.REGRESSION_TYPE", "POINT")
-    evaluator = make_atss_loss_evaluator(config, BoxCoder(config))
+    evaluator = make_atss_loss_evaluator(config, BoxCoder.from_config(config))
     anchors = torch.tensor([[-27.5, -27.5, 35.5, 35.5]])
     # Zero distances decode to the point (4, 4) for both: IoU 0 / eps, enclosing eps -> loss 1.
     loss = evaluator.GIoULoss(torch.zeros(1, 4), torch.zeros(1, 4), anchors)
@@ -315,7 +324,7 @@ def test_giou_of_degenerate_boxes_stays_finite():
 
 def test_focal_loss_is_wired_with_gamma_then_alpha():
     golden = load_golden("components.pt")["focal"]
-    evaluator = make_atss_loss_evaluator(cfg, BoxCoder(cfg))
+    evaluator = make_atss_loss_evaluator(cfg, BoxCoder.from_config(cfg))
     logits = golden["logits"].clone().requires_grad_()
     loss = evaluator.cls_loss_func(logits, golden["targets_int32"])
     torch.testing.assert_close(loss, golden["loss_sum"], rtol=1e-4, atol=0)
@@ -328,11 +337,11 @@ def test_losses_on_the_recorded_r50_head_outputs():
     FrozenBN and GroupNorm behave the same in both modes)."""
     outputs = load_golden("model_eval_R50.pt")
     train = load_golden("model_train_R50.pt")
-    evaluator = make_atss_loss_evaluator(cfg, BoxCoder(cfg))
+    evaluator = make_atss_loss_evaluator(cfg, BoxCoder.from_config(cfg))
     targets = [_boxlist(t["bbox"], tuple(int(v) for v in t["size_wh"]), t["labels"])
                for t in train["targets"]]
-    anchors = [[BoxList(level, (w, h)) for level in per_image]
-               for per_image, (h, w) in zip(outputs["anchors"], outputs["image_sizes_hw"].tolist())]
+    anchors = list(outputs["anchors"][0])  # the images' anchors are the same: one list of levels
+    assert all(torch.equal(a, b) for per_image in outputs["anchors"] for a, b in zip(per_image, anchors))
     labels, reg_targets = evaluator.prepare_targets(targets, anchors)
     for ours, ours_reg, theirs, theirs_reg in zip(labels, reg_targets, train["labels_per_anchor"],
                                                   train["reg_targets_per_anchor"]):
@@ -348,8 +357,7 @@ def _small_batch(config, regression_type, device="cpu", with_gts=True):
     generator = make_anchor_generator_atss(config).to(device)
     sizes_hw = [(100, 120), (90, 128)]
     grids = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
-    anchors = generator(ImageList(torch.zeros(2, 3, 128, 128), sizes_hw),
-                        [torch.zeros(2, 1, h, w) for h, w in grids])
+    anchors = generator([torch.zeros(2, 1, h, w) for h, w in grids])
     boxes = [torch.tensor([[10.0, 20.0, 60.0, 80.0], [50.0, 40.0, 110.0, 95.0]]),
              torch.tensor([[30.0, 30.0, 100.0, 70.0]])]
     labels = [torch.tensor([1, 3]), torch.tensor([4])]
@@ -377,14 +385,14 @@ def _flatten(levels):
 
 def _oracle_losses(evaluator, box_cls, box_regression, centerness, targets, anchors):
     labels, gt_boxes = [], []
-    for target, per_image in zip(targets, anchors):
-        anchor_boxes = torch.cat([level.bbox for level in per_image])
-        result = evaluator.assigner(anchor_boxes, target.bbox, target.get_field("labels"),
-                                    [len(level) for level in per_image])
+    image_anchors = torch.cat(anchors)
+    for target in targets:
+        result = evaluator.assigner(image_anchors, target.bbox, target.get_field("labels"),
+                                    [len(level) for level in anchors])
         labels.append(result.labels)
-        gt_boxes.append(target.bbox[result.matched_gt_inds.clamp(min=0)] if len(target) else anchor_boxes)
+        gt_boxes.append(target.bbox[result.matched_gt_inds.clamp(min=0)] if len(target) else image_anchors)
     labels, gt_boxes = torch.cat(labels), torch.cat(gt_boxes)
-    anchor_boxes = torch.cat([level.bbox for per_image in anchors for level in per_image])
+    anchor_boxes = image_anchors.repeat(len(targets), 1)
     logits, regression, ctr_logits = _flatten(box_cls), _flatten(box_regression), _flatten(centerness)[:, 0]
     valid, positive = labels >= 0, labels > 0
     num_pos = max(int(positive.sum()), 1)
@@ -408,7 +416,7 @@ def _oracle_losses(evaluator, box_cls, box_regression, centerness, targets, anch
                          [("ATSS", "BOX"), ("ATSS", "POINT"), ("IoU", "BOX")])
 def test_losses_against_torchvision_oracles(positive_type, regression_type, device):
     config = _type_cfg(positive_type, regression_type)
-    evaluator = make_atss_loss_evaluator(config, BoxCoder(config))
+    evaluator = make_atss_loss_evaluator(config, BoxCoder.from_config(config))
     batch = _small_batch(config, regression_type, device)
     expected_cls, expected_reg, expected_ctr, num_pos = _oracle_losses(evaluator, *batch)
     assert num_pos >= 10
@@ -424,9 +432,9 @@ def test_losses_are_float32_under_mixed_precision(low_precision):
     float32, equal to the float32 losses of the same (rounded) head outputs."""
     box_cls, box_regression, centerness, targets, anchors = _small_batch(cfg, "BOX")
     rounded = [[x.detach().to(low_precision) for x in maps] for maps in (box_cls, box_regression, centerness)]
-    evaluator = make_atss_loss_evaluator(cfg, BoxCoder(cfg))
+    evaluator = make_atss_loss_evaluator(cfg, BoxCoder.from_config(cfg))
     expected = evaluator(*[[x.float() for x in maps] for maps in rounded], targets, anchors)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=low_precision):
         losses = evaluator(*rounded, targets, anchors)
     for loss, want in zip(losses, expected):
         assert loss.dtype == torch.float32
@@ -435,7 +443,7 @@ def test_losses_are_float32_under_mixed_precision(low_precision):
 
 def test_no_positives_gives_zero_losses_that_stay_in_the_graph():
     box_cls, box_regression, centerness, targets, anchors = _small_batch(cfg, "BOX", with_gts=False)
-    evaluator = make_atss_loss_evaluator(cfg, BoxCoder(cfg))
+    evaluator = make_atss_loss_evaluator(cfg, BoxCoder.from_config(cfg))
     cls, reg, ctr = evaluator(box_cls, box_regression, centerness, targets, anchors)
     expected_cls = torchvision.ops.sigmoid_focal_loss(
         _flatten(box_cls), torch.zeros_like(_flatten(box_cls)), alpha=0.25, gamma=2.0, reduction="sum")
@@ -449,7 +457,7 @@ def test_no_positives_gives_zero_losses_that_stay_in_the_graph():
 def test_normalisation_over_processes(with_gts, monkeypatch):
     """Two fake ranks: the other one adds 10 positives and a centerness-target sum of 7.5."""
     box_cls, box_regression, centerness, targets, anchors = _small_batch(cfg, "BOX", with_gts=with_gts)
-    evaluator = make_atss_loss_evaluator(cfg, BoxCoder(cfg))
+    evaluator = make_atss_loss_evaluator(cfg, BoxCoder.from_config(cfg))
     alone = evaluator(box_cls, box_regression, centerness, targets, anchors)
     reduced = []
 
@@ -472,7 +480,9 @@ def test_normalisation_over_processes(with_gts, monkeypatch):
 
 
 def test_target_size_mismatch_is_reported():
-    box_cls, box_regression, centerness, targets, anchors = _small_batch(cfg, "BOX")
+    _, _, _, targets, _ = _small_batch(cfg, "BOX")
+    check_targets(targets, [(100, 120), (90, 128)], num_classes=5)  # the batch's unpadded sizes: fine
     targets[0] = _boxlist(targets[0].bbox, (128, 128), targets[0].get_field("labels"))  # padded size
-    with pytest.raises(ValueError, match="unpadded"):
-        make_atss_loss_evaluator(cfg, BoxCoder(cfg))(box_cls, box_regression, centerness, targets, anchors)
+    with pytest.raises(ValueError, match=r"target 0 has BoxList size \(128, 128\) but its image's unpadded "
+                                         r"\(width, height\) is \(120, 100\)"):
+        check_targets(targets, [(100, 120), (90, 128)], num_classes=5)

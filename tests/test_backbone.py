@@ -380,6 +380,20 @@ def test_group_norm_variant():
         assert len(model(torch.randn(1, 3, 64, 64))) == 5
 
 
+def test_group_norm_comes_from_the_config_given():
+    """A cloned config with 16 GroupNorm groups (and eps 1e-3) builds 16-group norms in the
+    ResNet stem, blocks and the FPN, while the global config still says 32."""
+    from atss_core.config import cfg as global_cfg
+    model = build_backbone(make_cfg(extra=["MODEL.RESNETS.STEM_FUNC", "StemWithGN",
+                                           "MODEL.RESNETS.TRANS_FUNC", "BottleneckWithGN",
+                                           "MODEL.FPN.USE_GN", True,
+                                           "MODEL.GROUP_NORM.NUM_GROUPS", 16, "MODEL.GROUP_NORM.EPSILON", 1e-3]))
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 53 + 6  # body as above + the P3-P5 FPN: 3 lateral and 3 output convs
+    assert all(n.num_groups == 16 and n.eps == 1e-3 for n in norms)
+    assert global_cfg.MODEL.GROUP_NORM.NUM_GROUPS == 32
+
+
 # --------------------------------------------------------------------------- user errors
 
 

@@ -384,11 +384,10 @@ class _BrightRectangleDetector(torch.nn.Module):
 
 
 @pytest.fixture
-def tta_cfg(monkeypatch):
+def tta_cfg():
     config = global_cfg.clone()
     config.merge_from_list(["INPUT.MIN_SIZE_TEST", 48, "INPUT.MAX_SIZE_TEST", 1000,
                             "DATALOADER.SIZE_DIVISIBILITY", 32, "TEST.BBOX_AUG.ENABLED", True])
-    monkeypatch.setattr(bbox_aug, "cfg", config)
     return config
 
 
@@ -401,8 +400,8 @@ def _rectangle_image(width=70, height=48, box=(9, 13, 30, 40)):
 def test_hflip_detection_is_exact(tta_cfg):
     images = [_rectangle_image(), _rectangle_image(61, 48, (40, 2, 59, 20))]
     model = _BrightRectangleDetector()
-    plain = bbox_aug.im_detect_bbox(model, images, 48, 1000, "cpu")
-    flipped_back = bbox_aug.im_detect_bbox_hflip(model, images, 48, 1000, "cpu")
+    plain = bbox_aug.im_detect_bbox(model, images, 48, 1000, "cpu", tta_cfg)
+    flipped_back = bbox_aug.im_detect_bbox_hflip(model, images, 48, 1000, "cpu", tta_cfg)
     assert plain[0].bbox.tolist() == [[9, 13, 30, 40]] and plain[1].bbox.tolist() == [[40, 2, 59, 20]]
     for a, b in zip(plain, flipped_back):
         assert torch.equal(a.bbox, b.bbox) and a.size == b.size
@@ -416,7 +415,7 @@ def test_tta_vote_merges_flip_and_scales(tta_cfg):
                              "TEST.BBOX_AUG.SCALE_H_FLIP", True, "TEST.BBOX_AUG.VOTE", True,
                              "TEST.BBOX_AUG.SCALE_RANGES", ((0, 10000),)])
     images = [_rectangle_image()]
-    results = bbox_aug.im_detect_bbox_aug(_BrightRectangleDetector(), images, "cpu")
+    results = bbox_aug.im_detect_bbox_aug(_BrightRectangleDetector(), images, "cpu", tta_cfg)
     # four passes (plain, flip, 2x, 2x flipped) find the same rectangle: one voted box
     assert len(results) == 1 and len(results[0]) == 1 and results[0].size == (70, 48)
     assert results[0].get_field("scores").tolist() == pytest.approx([0.9])
@@ -426,20 +425,33 @@ def test_tta_vote_merges_flip_and_scales(tta_cfg):
 
     # a scale range that excludes the 2x detections leaves the exact flip pair only
     tta_cfg.merge_from_list(["TEST.BBOX_AUG.SCALE_RANGES", ((0, 20),)])
-    results = bbox_aug.im_detect_bbox_aug(_BrightRectangleDetector(), images, "cpu")
+    results = bbox_aug.im_detect_bbox_aug(_BrightRectangleDetector(), images, "cpu", tta_cfg)
     np.testing.assert_allclose(results[0].bbox[0].tolist(), [9, 13, 30, 40], atol=1e-5)
 
     tta_cfg.merge_from_list(["TEST.BBOX_AUG.SCALE_RANGES", ()])
     with pytest.raises(ValueError, match="SCALE_RANGES"):
-        bbox_aug.im_detect_bbox_aug(_BrightRectangleDetector(), images, "cpu")
+        bbox_aug.im_detect_bbox_aug(_BrightRectangleDetector(), images, "cpu", tta_cfg)
 
 
 def test_tta_nms_path(tta_cfg):
     tta_cfg.merge_from_list(["TEST.BBOX_AUG.H_FLIP", True, "TEST.BBOX_AUG.SCALES", (96,)])
-    results = bbox_aug.im_detect_bbox_aug(_BrightRectangleDetector(), [_rectangle_image()], "cpu")
+    results = bbox_aug.im_detect_bbox_aug(_BrightRectangleDetector(), [_rectangle_image()], "cpu", tta_cfg)
     # NMS keeps one of the identical detections, unchanged
     assert len(results[0]) == 1
     np.testing.assert_allclose(results[0].bbox[0].tolist(), [9, 13, 30, 40], atol=0.5)
+
+
+def test_tta_follows_the_config_it_is_given(tta_cfg):
+    """The loader's config switches test-time augmentation on, the global config has it off:
+    compute_on_dataset runs TTA from the config passed to it (PIL batches never reach
+    ``.to(device)``), and without that config says what to pass instead of failing inside."""
+    assert not global_cfg.TEST.BBOX_AUG.ENABLED
+    tta_cfg.merge_from_list(["TEST.BBOX_AUG.H_FLIP", True])
+    loader = [((_rectangle_image(),), [None], [0])]  # what BBoxAugCollator yields
+    results = inference_module.compute_on_dataset(_BrightRectangleDetector(), loader, "cpu", bbox_aug_cfg=tta_cfg)
+    assert results[0].bbox.tolist() == [[9, 13, 30, 40]] and results[0].size == (70, 48)
+    with pytest.raises(TypeError, match="test-time augmentation's.*pass its config as bbox_aug_cfg"):
+        inference_module.compute_on_dataset(_BrightRectangleDetector(), loader, "cpu")
 
 
 class _ReplayDetector(torch.nn.Module):
@@ -461,7 +473,7 @@ def test_tta_nms_merge_reproduces_golden_selection(tta_cfg):
     for (h, w), pre_nms in zip(golden["image_sizes_hw"].tolist(), golden["pre_nms"]):
         candidates.append(_boxlist(pre_nms["bbox"], (w, h), pre_nms["scores"], pre_nms["labels"]))
     images = [_rectangle_image() for _ in candidates]
-    results = bbox_aug.im_detect_bbox_aug(_ReplayDetector(candidates), images, "cpu")
+    results = bbox_aug.im_detect_bbox_aug(_ReplayDetector(candidates), images, "cpu", tta_cfg)
     for result, expected in zip(results, golden["detections"]):
         assert len(result) == len(expected["scores"]) == 100
         _assert_same_rows(_as_rows(result), list(zip(expected["bbox"].tolist(), expected["scores"].tolist(),
@@ -500,33 +512,34 @@ def _load_test_net():
 
 
 @pytest.fixture
-def test_net(monkeypatch):
+def test_net_tool(monkeypatch):
+    """tools/test_net.py loaded as a module, with a private copy of the global config."""
     module = _load_test_net()
     monkeypatch.setattr(module, "cfg", global_cfg.clone())
     return module
 
 
-def _run_expecting_exit(test_net, argv):
-    return one_line_exit(test_net.main, argv)
+def _run_expecting_exit(test_net_tool, argv):
+    return one_line_exit(test_net_tool.main, argv)
 
 
-def test_test_net_user_errors(test_net, tmp_path):
+def test_test_net_user_errors(test_net_tool, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("MODEL:\n  ATSS_ON: True\n")
-    assert "missing.yaml" in _run_expecting_exit(test_net, ["--config-file", str(tmp_path / "missing.yaml")])
+    assert "missing.yaml" in _run_expecting_exit(test_net_tool, ["--config-file", str(tmp_path / "missing.yaml")])
     assert "MODEL.NO_SUCH_KEY" in _run_expecting_exit(
-        test_net, ["--config-file", str(config), "MODEL.NO_SUCH_KEY", "1"])
+        test_net_tool, ["--config-file", str(config), "MODEL.NO_SUCH_KEY", "1"])
     bad_file = tmp_path / "bad.yaml"
     bad_file.write_text("MODEL:\n  NOT_A_KEY: 3\n")
-    assert "NOT_A_KEY" in _run_expecting_exit(test_net, ["--config-file", str(bad_file)])
+    assert "NOT_A_KEY" in _run_expecting_exit(test_net_tool, ["--config-file", str(bad_file)])
 
 
-def test_test_net_missing_weights(test_net, tmp_path):
+def test_test_net_missing_weights(test_net_tool, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("MODEL:\n  ATSS_ON: True\n")
-    message = _run_expecting_exit(test_net, ["--config-file", str(config), "MODEL.WEIGHT", str(tmp_path / "w.pth")])
+    message = _run_expecting_exit(test_net_tool, ["--config-file", str(config), "MODEL.WEIGHT", str(tmp_path / "w.pth")])
     assert "w.pth" in message and "not found" in message
-    message = _run_expecting_exit(test_net, ["--config-file", str(config), "--local-rank", "0",
+    message = _run_expecting_exit(test_net_tool, ["--config-file", str(config), "--local-rank", "0",
                                              "--ckpt", str(tmp_path / "other.pth")])
     assert "other.pth" in message
 

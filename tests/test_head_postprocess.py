@@ -13,7 +13,6 @@ from torch import nn
 from atss_core.config import cfg as default_cfg
 from atss_core.modeling.rpn.atss.atss import ATSSHead, BoxCoder
 from atss_core.modeling.rpn.atss.inference import ATSSPostProcessor, make_atss_postprocessor
-from atss_core.structures.bounding_box import BoxList
 from conftest import DEVICES, load_golden, weightfill
 
 
@@ -52,16 +51,17 @@ def to_device(tensors, device):
     return [t.to(device) for t in tensors]
 
 
-def anchor_boxlists(anchors, image_sizes_hw, device):
-    """``anchors[image][level]`` tensors -> BoxLists sized by the unpadded image (W, H)."""
-    return [[BoxList(a.to(device), (int(w), int(h)), mode="xyxy") for a in per_image]
-            for per_image, (h, w) in zip(anchors, image_sizes_hw.tolist())]
+def shared_anchors(anchors, device):
+    """The golden ``anchors[image][level]`` -> the per-level tensors all images share (checked)."""
+    levels = [a.to(device) for a in anchors[0]]
+    assert all(torch.equal(a.to(device), b) for per_image in anchors for a, b in zip(per_image, levels))
+    return levels
 
 
 # ----------------------------------------------------------------------------- head
 
 def test_head_layout_and_init():
-    head = ATSSHead(atss_cfg(), 256)
+    head = ATSSHead.from_config(atss_cfg(), 256)
     for tower in (head.cls_tower, head.bbox_tower):
         assert [type(m) for m in tower] == [nn.Conv2d, nn.GroupNorm, nn.ReLU] * 4
         for conv in tower[0::3]:
@@ -76,8 +76,18 @@ def test_head_layout_and_init():
     assert [s.scale.item() for s in head.scales] == [1.0] * 5
 
 
+def test_head_from_config_has_one_scale_per_anchor_stride():
+    cfg = atss_cfg("MODEL.ATSS.ANCHOR_STRIDES", (8, 16, 32), "MODEL.ATSS.ANCHOR_SIZES", (64, 128, 256),
+                   "MODEL.ATSS.NUM_CLASSES", 5, "MODEL.ATSS.NUM_CONVS", 2)
+    head = ATSSHead.from_config(cfg, 32)
+    assert [name for name, _ in head.scales.named_children()] == ["0", "1", "2"]
+    assert len(head.cls_tower) == 6 and head.cls_logits.out_channels == 4
+    plain = ATSSHead(32, num_foreground_classes=4, num_levels=3, num_convs=2)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in head.state_dict().items()}
+
+
 def test_head_point_mode_bias_and_relu_after_scale():
-    head = ATSSHead(atss_cfg("MODEL.ATSS.REGRESSION_TYPE", "POINT"), 64)
+    head = ATSSHead.from_config(atss_cfg("MODEL.ATSS.REGRESSION_TYPE", "POINT"), 64)
     assert (head.bbox_pred.bias == 4).all()
     features = [torch.randn(1, 64, 6, 5), torch.randn(1, 64, 3, 3)]
     with torch.no_grad():
@@ -93,11 +103,11 @@ def test_head_point_mode_bias_and_relu_after_scale():
 def test_head_point_mode_needs_one_anchor():
     cfg = atss_cfg("MODEL.ATSS.REGRESSION_TYPE", "POINT", "MODEL.ATSS.ASPECT_RATIOS", (0.5, 1.0, 2.0))
     with pytest.raises(ValueError, match="one anchor per location"):
-        ATSSHead(cfg, 64)
+        ATSSHead.from_config(cfg, 64)
 
 
 def test_head_with_dcn_in_tower_names_and_init():
-    head = ATSSHead(atss_cfg("MODEL.ATSS.USE_DCN_IN_TOWER", True), 256)
+    head = ATSSHead.from_config(atss_cfg("MODEL.ATSS.USE_DCN_IN_TOWER", True), 256)
     names = set(head.state_dict())
     for tower in ("cls_tower", "bbox_tower"):
         assert {f"{tower}.9.conv.weight", f"{tower}.9.offset.weight", f"{tower}.9.offset.bias"} <= names
@@ -110,7 +120,7 @@ def test_head_with_dcn_in_tower_names_and_init():
 @pytest.mark.parametrize("device", DEVICES)
 def test_head_matches_golden_outputs(device):
     golden = load_golden("model_eval_R50.pt")
-    head = ATSSHead(atss_cfg(), 256)
+    head = ATSSHead.from_config(atss_cfg(), 256)
     # weightfill values depend on the full key only: fill under the model's "rpn.head." prefix
     filled = weightfill().fill_state_dict({f"rpn.head.{k}": v for k, v in head.state_dict().items()})
     head.load_state_dict({k[len("rpn.head."):]: v for k, v in filled.items()}, strict=True)
@@ -127,7 +137,7 @@ def test_head_matches_golden_outputs(device):
 
 def golden_postprocessor(**overrides):
     params = dict(load_golden("components.pt")["postprocessor"]["params"], num_classes=81,
-                  box_coder=BoxCoder(atss_cfg()))
+                  box_coder=BoxCoder.from_config(atss_cfg()))
     params.update(overrides)
     return ATSSPostProcessor(**params)
 
@@ -135,14 +145,14 @@ def golden_postprocessor(**overrides):
 def run_postprocessor(postprocessor, record, anchors, image_sizes_hw, device):
     with torch.no_grad():
         return postprocessor(to_device(record["box_cls"], device), to_device(record["box_regression"], device),
-                             to_device(record["centerness"], device),
-                             anchor_boxlists(anchors, image_sizes_hw, device))
+                             to_device(record["centerness"], device), shared_anchors(anchors, device),
+                             [tuple(size) for size in image_sizes_hw.tolist()])
 
 
 def test_make_atss_postprocessor_reads_config():
     cfg = atss_cfg("MODEL.ATSS.INFERENCE_TH", 0.1, "MODEL.ATSS.PRE_NMS_TOP_N", 7, "MODEL.ATSS.NMS_TH", 0.5,
                    "TEST.DETECTIONS_PER_IMG", 9)
-    post = make_atss_postprocessor(cfg, BoxCoder(cfg))
+    post = make_atss_postprocessor(cfg, BoxCoder.from_config(cfg))
     assert (post.pre_nms_thresh, post.pre_nms_top_n, post.nms_thresh, post.fpn_post_nms_top_n, post.min_size,
             post.num_classes) == (0.1, 7, 0.5, 9, 0, 81)
 
@@ -169,14 +179,15 @@ def test_postprocessor_on_stored_model_outputs(device):
     for result, expected in zip(results, golden["detections"]):
         assert_same_detections(result, expected, box_atol=1e-4, score_atol=1e-6)
 
-    # per level (forward_for_single_feature_map) and all levels before NMS (TTA path)
-    post = golden_postprocessor()
-    anchors = anchor_boxlists(golden["anchors"], sizes, device)
+    # one level at a time (the original's forward_for_single_feature_map: the candidates before
+    # NMS) and all levels before NMS (TTA path)
+    post = golden_postprocessor(bbox_aug_enabled=True)
+    anchors = shared_anchors(golden["anchors"], device)
     with torch.no_grad():
         for level in range(5):
-            per_image = post.forward_for_single_feature_map(
-                golden["box_cls"][level].to(device), golden["box_regression"][level].to(device),
-                golden["centerness"][level].to(device), [a[level] for a in anchors])
+            per_image = post(
+                [golden["box_cls"][level].to(device)], [golden["box_regression"][level].to(device)],
+                [golden["centerness"][level].to(device)], [anchors[level]], [tuple(s) for s in sizes.tolist()])
             for result, expected in zip(per_image, golden["pre_nms_per_level"]):
                 assert_same_detections(result, expected[level], box_atol=1e-4, score_atol=1e-6)
     candidates = run_postprocessor(golden_postprocessor(bbox_aug_enabled=True), golden, golden["anchors"],
@@ -212,10 +223,10 @@ def hand_case(cls_logits, anchors, image_size_wh=(100, 100), **overrides):
     regression = torch.zeros(1, 4, 1, num_locations)
     centerness = torch.full((1, 1, 1, num_locations), 30.0)
     params = dict(pre_nms_thresh=0.05, pre_nms_top_n=1000, nms_thresh=0.6, fpn_post_nms_top_n=100,
-                  min_size=0, num_classes=3, box_coder=BoxCoder(atss_cfg()))
+                  min_size=0, num_classes=3, box_coder=BoxCoder.from_config(atss_cfg()))
     params.update(overrides)
-    anchor_list = [[BoxList(torch.tensor(anchors, dtype=torch.float32), image_size_wh, mode="xyxy")]]
-    result, = ATSSPostProcessor(**params)([box_cls], [regression], [centerness], anchor_list)
+    anchors = [torch.tensor(anchors, dtype=torch.float32)]
+    result, = ATSSPostProcessor(**params)([box_cls], [regression], [centerness], anchors, [image_size_wh[::-1]])
     return result
 
 
@@ -229,9 +240,9 @@ def test_threshold_on_class_probability_before_centerness():
     anchors = [[0, 0, 9, 9], [20, 20, 29, 29]]
     box_cls = torch.tensor([[logit(0.06), logit(0.04)], [logit(0.04), logit(0.04)]]).t().reshape(1, 2, 1, 2)
     centerness = torch.zeros(1, 1, 1, 2)  # sigmoid 0.5
-    post = ATSSPostProcessor(0.05, 1000, 0.6, 100, 0, 3, BoxCoder(atss_cfg()))
-    result, = post([box_cls], [torch.zeros(1, 4, 1, 2)], [centerness],
-                   [[BoxList(torch.tensor(anchors, dtype=torch.float32), (50, 50))]])
+    post = ATSSPostProcessor(0.05, 1000, 0.6, 100, 0, 3, BoxCoder.from_config(atss_cfg()))
+    result, = post([box_cls], [torch.zeros(1, 4, 1, 2)], [centerness], [torch.tensor(anchors, dtype=torch.float32)],
+                   [(50, 50)])
     assert result.get_field("labels").tolist() == [1]
     torch.testing.assert_close(result.get_field("scores"), torch.tensor([math.sqrt(0.06 * 0.5)]))
     torch.testing.assert_close(result.bbox, torch.tensor([[0.0, 0.0, 9.0, 9.0]]))

@@ -113,8 +113,8 @@ def check_eval_against_golden(model, device):
         for level, expected in enumerate(golden[name]):
             torch.testing.assert_close(ours[level].cpu(), expected, atol=1e-4, rtol=0,
                                        msg=lambda m: f"{name} level {level}: {m}")
-    for ours, expected in zip(seen["anchors"], golden["anchors"]):
-        assert [torch.equal(a.bbox.cpu(), e) for a, e in zip(ours, expected)] == [True] * 5
+    for expected in golden["anchors"]:  # one list of levels, shared by the images
+        assert [torch.equal(a.cpu(), e) for a, e in zip(seen["anchors"], expected)] == [True] * 5
     for result, expected, (h, w) in zip(detections, golden["detections"], golden["image_sizes_hw"].tolist()):
         assert result.size == (w, h) and result.mode == "xyxy"
         assert_same_detections(result, expected, box_atol=0.05, score_atol=1e-4)
@@ -251,6 +251,28 @@ def test_training_needs_targets(cpu_model):
         model(torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match="one BoxList per image"):
         model([torch.zeros(3, 64, 64)] * 2, [BoxList(torch.zeros(0, 4), (64, 64))])
+
+
+def _boxlist_with_labels(labels):
+    target = BoxList(torch.tensor([[10.0, 12.0, 40.0, 50.0]] * len(labels)), (64, 64))
+    target.add_field("labels", torch.tensor(labels))
+    return target
+
+
+def test_dict_targets_and_labels_outside_the_classes_are_refused(cpu_model):
+    """torchvision-style dict targets get a TypeError naming BoxList; labels outside
+    1..NUM_CLASSES-1 (81 classes with the background: 1..80) one ValueError, before any work."""
+    model = copy.deepcopy(cpu_model).train()
+    image = torch.zeros(3, 64, 64)
+    as_dict = {"boxes": torch.tensor([[10.0, 12.0, 40.0, 50.0]]), "labels": torch.tensor([1])}
+    with pytest.raises(TypeError, match="target 0 is dict; targets must be BoxLists .* 'labels' field"):
+        model([image], [as_dict])
+    with pytest.raises(TypeError, match="target 0 is a BoxList without 'labels'"):
+        model([image], [BoxList(torch.zeros(0, 4), (64, 64))])
+    for bad in (81, 0, -1):
+        with pytest.raises(ValueError, match=f"target 1 has label {bad}; labels must be class ids 1..80"):
+            model([image, image], [_boxlist_with_labels([1]), _boxlist_with_labels([80, bad])])
+    assert set(model([image], [_boxlist_with_labels([80])])) == {"loss_cls", "loss_reg", "loss_centerness"}
 
 
 def test_image_without_gt_trains_with_finite_losses(cpu_model):

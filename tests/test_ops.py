@@ -171,6 +171,21 @@ def test_ml_nms_reproduces_golden_post_nms(op_path):
         assert torch.equal(candidates["labels"][keep], expected["labels"])
 
 
+@pytest.mark.parametrize("low_precision", [torch.float16, torch.bfloat16])
+def test_nms_and_ml_nms_on_low_precision_boxes(op_path, low_precision):
+    """Half / bfloat16 boxes and scores (integer corners and scores k/64, exact in both): the
+    kept set is torchvision's on the widened float32 copies."""
+    generator = torch.Generator().manual_seed(5)
+    boxes = random_int_boxes(64, generator, extent=120, max_size=40)
+    scores = torch.randperm(64, generator=generator).float() / 64
+    labels = torch.randint(1, 4, (64,), generator=generator)
+    expected = torchvision.ops.nms(widened(boxes), scores, 0.5)
+    expected_ml = torchvision.ops.batched_nms(widened(boxes), scores, labels, 0.5)
+    low_boxes, low_scores = boxes.to(low_precision), scores.to(low_precision)
+    assert sorted(nms(low_boxes, low_scores, 0.5).tolist()) == sorted(expected.tolist())
+    assert sorted(ml_nms(low_boxes, low_scores, labels, 0.5).tolist()) == sorted(expected_ml.tolist())
+
+
 def test_nms_rejects_bad_input():
     with pytest.raises(ValueError, match="boxes must be an \\(N, 4\\)"):
         nms(torch.zeros(3, 5), torch.zeros(3), 0.5)
@@ -328,7 +343,7 @@ def test_deform_conv_runs_in_float32_under_mixed_precision(op_path, low_precisio
     low = {k: t[k].to(low_precision) for k in ("input", "offset", "mask")}
     expected = modulated_deform_conv(low["input"].float(), low["offset"].float(), low["mask"].float(),
                                      t["weight"], t["bias"], **t["conv"])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=low_precision):
         out = modulated_deform_conv(low["input"], low["offset"], low["mask"], t["weight"], t["bias"],
                                     **t["conv"])
         out_v1 = deform_conv(low["input"], low["offset"], t["weight"], **t["conv"])

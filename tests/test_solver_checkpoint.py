@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from atss_core.config import cfg as default_cfg
+from atss_core.modeling.detector import build_detection_model
 from atss_core.solver import WarmupMultiStepLR, make_lr_scheduler, make_optimizer
 from atss_core.utils import checkpoint as checkpoint_module
 from atss_core.utils.c2_model_loading import _load_c2_pickled_weights, _rename_c2_blob
@@ -35,13 +36,7 @@ def _config(config_name=None, **solver):
 
 
 def _build_model(config_name):
-    """The real detector from the repo config, or a skip while it cannot be built yet."""
-    if not CONFIGS[config_name].exists():
-        pytest.skip(f"{CONFIGS[config_name]} not present")
-    try:
-        from atss_core.modeling.detector import build_detection_model
-    except ImportError as error:
-        pytest.skip(f"model not importable yet: {error}")
+    """The real detector from the repo config."""
     return build_detection_model(_config(config_name))
 
 

@@ -8,6 +8,7 @@ import torchvision
 
 from atss_core.structures.bounding_box import FLIP_LEFT_RIGHT, FLIP_TOP_BOTTOM, BoxList
 from atss_core.structures.boxlist_ops import (
+    box_iou_plus_one,
     boxlist_iou,
     boxlist_ml_nms,
     boxlist_nms,
@@ -406,9 +407,6 @@ class TestNmsWrappers:
 
 def test_nms_with_real_layers_uses_inclusive_iou():
     """Two boxes with IoU 90/110 (with "+1") > 0.6: the lower score goes unless labels differ."""
-    layers = pytest.importorskip("atss_core.layers", reason="atss_core.layers not written yet")
-    if not (hasattr(layers, "nms") and hasattr(layers, "ml_nms")):
-        pytest.skip("atss_core.layers has no nms / ml_nms yet")
     b = BoxList(boxes([0, 0, 9, 9], [1, 0, 10, 9], [30, 30, 39, 39]), (50, 50))
     b.add_field("scores", torch.tensor([0.8, 0.9, 0.5]))
     b.add_field("labels", torch.tensor([1, 1, 1]))
@@ -418,12 +416,31 @@ def test_nms_with_real_layers_uses_inclusive_iou():
     assert len(boxlist_ml_nms(b, 0.6)) == 3
 
 
+def test_box_iou_plus_one_on_integer_boxes():
+    """Integer boxes give the float IoU of the same boxes: 10x10 and 10x10 shifted by 1 -> 90 / 110."""
+    a = torch.tensor([[0, 0, 9, 9]])
+    b = torch.tensor([[1, 0, 10, 9], [20, 20, 29, 29]])
+    iou = box_iou_plus_one(a[:, None], b[None])
+    assert iou.dtype == torch.float32
+    assert iou[0].tolist() == pytest.approx([90 / 110, 0.0])
+    torch.testing.assert_close(iou, box_iou_plus_one(a.float()[:, None], b.float()[None]), rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------ ImageList
 class TestToImageList:
     def images(self):
         generator = torch.Generator().manual_seed(0)
         return [torch.rand(3, 5, 7, generator=generator) + 1,
                 torch.rand(3, 6, 4, generator=generator) + 1]
+
+    def test_gradients_reach_images_that_require_grad(self):
+        first, second = (image.requires_grad_() for image in self.images())
+        batch = to_image_list([first, second], size_divisible=4)
+        weights = torch.arange(batch.tensors.numel(), dtype=torch.float32).view_as(batch.tensors)
+        (batch.tensors * weights).sum().backward()
+        # d(sum(w * padded)) / d(image) is the weight at the image's place in the padded batch.
+        torch.testing.assert_close(first.grad, weights[0, :, :5, :7], rtol=0, atol=0)
+        torch.testing.assert_close(second.grad, weights[1, :, :6, :4], rtol=0, atol=0)
 
     def test_pads_bottom_right_with_zeros(self):
         first, second = self.images()

@@ -1,4 +1,4 @@
-"""tools/visualize_assignment.py and atss_core/utils/assignment_vis.py.
+"""tools/visualize_assignment.py, modeling/rpn/atss/assignment_stats.py and utils/assignment_report.py.
 
 Oracles: the original's assignment labels and ATSS statistics (golden assign_targets), a tiny
 case computed by hand in plain Python (IoU with "+1" areas, statistics.stdev), the assigner's
@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw
 
 from atss_core.config import cfg as default_cfg
 from atss_core.modeling.rpn.atss.assigners import ATSSAssigner, IoUAssigner, build_assigner
-from atss_core.utils import assignment_vis as vis
+from atss_core.modeling.rpn.atss import assignment_stats as stats_module
+from atss_core.utils import assignment_report as report
 
 from conftest import DEVICES, REPO_ROOT, load_golden
 
@@ -60,14 +61,14 @@ def _check_positives_against_labels(stats):
 # ------------------------------------------------------------------------------- anchors of an input
 def test_feature_grid_sizes_by_hand():
     # 800x1066 pads to 800x1088; P7: ceil(800/128) = 7, ceil(1088/128) = 9.
-    assert vis.feature_grid_sizes((800, 1066), (8, 16, 32, 64, 128), 32) == [
+    assert stats_module.feature_grid_sizes((800, 1066), (8, 16, 32, 64, 128), 32) == [
         (100, 136), (50, 68), (25, 34), (13, 17), (7, 9)]
-    assert vis.feature_grid_sizes((100, 70), (8, 16), 0) == [(13, 9), (7, 5)]
+    assert stats_module.feature_grid_sizes((100, 70), (8, 16), 0) == [(13, 9), (7, 5)]
 
 
 def test_anchors_for_image_match_golden():
     golden = load_golden("assign_targets.pt")
-    anchors = vis.anchors_for_image(_config(R50_CONFIG), tuple(golden["image_size_hw"]))
+    anchors = stats_module.anchors_for_image(_config(R50_CONFIG), tuple(golden["image_size_hw"]))
     assert [len(level) for level in anchors] == [2080, 520, 130, 35, 12]
     torch.testing.assert_close(torch.cat(anchors), golden["anchors"], rtol=0, atol=0)
 
@@ -79,12 +80,12 @@ def test_statistics_match_golden_assignment(positive_type, device):
     golden = load_golden("assign_targets.pt")
     diagnostics = load_golden("assign_targets.json")["atss_diagnostics"]
     cfg = _config(R50_CONFIG, positive_type)
-    anchors = torch.cat(vis.anchors_for_image(cfg, tuple(golden["image_size_hw"]))).to(device)
+    anchors = torch.cat(stats_module.anchors_for_image(cfg, tuple(golden["image_size_hw"]))).to(device)
     level_sizes = [2080, 520, 130, 35, 12]
     for scenario in GOLDEN_SCENARIOS:
         boxes = golden["scenarios"][scenario]["bbox"].to(device)
         gt_labels = golden["scenarios"][scenario]["labels"].to(device)
-        stats = vis.assignment_statistics(list(anchors.split(level_sizes)), boxes, gt_labels, build_assigner(cfg),
+        stats = stats_module.assignment_statistics(list(anchors.split(level_sizes)), boxes, gt_labels, build_assigner(cfg),
                                           topk=cfg.MODEL.ATSS.TOPK, positive_type=positive_type)
         golden_labels = golden["runs"][f"{scenario}/{positive_type}/BOX"]["labels"]
         torch.testing.assert_close(stats.labels.cpu().to(golden_labels.dtype), golden_labels, rtol=0, atol=0)
@@ -107,7 +108,7 @@ def test_assign_image_overrides_positive_type_and_keeps_config():
     golden = load_golden("assign_targets.pt")
     cfg = _config(R50_CONFIG)
     scenario = golden["scenarios"]["typical"]
-    stats = vis.assign_image(cfg, scenario["bbox"], scenario["labels"], tuple(golden["image_size_hw"]),
+    stats = stats_module.assign_image(cfg, scenario["bbox"], scenario["labels"], tuple(golden["image_size_hw"]),
                              positive_type="iou")
     assert stats.positive_type == "IoU" and cfg.MODEL.ATSS.POSITIVE_TYPE == "ATSS"
     assert stats.level_names == ["P3", "P4", "P5", "P6", "P7"]
@@ -163,7 +164,7 @@ def _hand_atss(levels, gts, topk):
 def test_statistics_of_tiny_case_by_hand():
     levels, gts, labels = _tiny_case()
     expected = _hand_atss(levels, gts, topk=2)
-    stats = vis.assignment_statistics([torch.tensor(level) for level in levels], torch.tensor(gts),
+    stats = stats_module.assignment_statistics([torch.tensor(level) for level in levels], torch.tensor(gts),
                                       torch.tensor(labels), ATSSAssigner(topk=2), topk=2,
                                       level_names=["P3", "P4"])
     assert stats.positive_type == "ATSS"
@@ -178,7 +179,7 @@ def test_statistics_of_tiny_case_by_hand():
         assert stats.candidate_is_positive[g].tolist() == [i in entry["positives"] for i in entry["candidates"]]
     assert all(entry["positives"] for entry in expected)  # the case is not vacuous
     _check_positives_against_labels(stats)
-    summary = vis.format_summary(stats, class_names=("__background", "square", "disc"))
+    summary = report.format_summary(stats, class_names=("__background", "square", "disc"))
     assert "GTs without a positive: none" in summary
     assert f"{expected[0]['threshold']:.3f}" in summary and "disc" in summary
 
@@ -188,24 +189,24 @@ def test_gt_without_positive_is_reported():
     # A 2-px GT between anchor centres: its best anchors (centres (12, 12) and (20, 12), tied) are
     # low-quality matches whose centre lies outside it, so the IoU assigner ignores them.
     gts = torch.tensor([[40.0, 2.0, 47.0, 20.0], [13.0, 13.0, 14.0, 14.0]])
-    stats = vis.assignment_statistics([torch.tensor(level) for level in levels], gts, torch.tensor([1, 1]),
+    stats = stats_module.assignment_statistics([torch.tensor(level) for level in levels], gts, torch.tensor([1, 1]),
                                       IoUAssigner(), topk=2)
     assert stats.positive_type == "IoU"
     assert stats.gts_without_positive.tolist() == [1]
     assert len(stats.positive_inds[1]) == 0 and len(stats.positive_inds[0]) > 0
     assert (stats.labels < 0).nonzero().flatten().tolist() == [1, 2]
-    assert vis.format_summary(stats).splitlines()[-1] == "GTs without a positive: 1"
+    assert report.format_summary(stats).splitlines()[-1] == "GTs without a positive: 1"
 
 
 def test_positive_type_names():
-    assert [vis.canonical_positive_type(n) for n in ("atss", "Iou", " ssc", "TopK")] == ["ATSS", "IoU", "SSC", "TOPK"]
+    assert [stats_module.canonical_positive_type(n) for n in ("atss", "Iou", " ssc", "TopK")] == ["ATSS", "IoU", "SSC", "TOPK"]
     with pytest.raises(ValueError, match="unknown positive type 'FOO'; choose from ATSS, SSC, IoU, TOPK"):
-        vis.canonical_positive_type("FOO")
+        stats_module.canonical_positive_type("FOO")
 
 
 def test_no_gt_is_a_clear_error():
     with pytest.raises(ValueError, match="no usable ground-truth box"):
-        vis.assignment_statistics([torch.zeros(4, 4)], torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
+        stats_module.assignment_statistics([torch.zeros(4, 4)], torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
                                   ATSSAssigner(), topk=9)
 
 
@@ -213,16 +214,34 @@ def test_figure_of_many_gts_has_the_documented_size():
     golden = load_golden("assign_targets.pt")
     scenario = golden["scenarios"]["crowded"]  # 60 GTs: colours cycle, IoU panels capped
     image_size_hw = tuple(golden["image_size_hw"])
-    stats = vis.assign_image(_config(R50_CONFIG), scenario["bbox"], scenario["labels"], image_size_hw)
+    stats = stats_module.assign_image(_config(R50_CONFIG), scenario["bbox"], scenario["labels"], image_size_hw)
     image = np.random.default_rng(0).random((*image_size_hw, 3))
-    fig = vis.draw_assignment(image, stats, max_gt_panels=7)
-    try:
-        assert len(fig.axes) == 5 + 7
-        fig.canvas.draw()
-        # Agg truncates: 100 * (1.0 header + 3.6 * 317 / 411 + 0.45 image row + 2 x 2.5 GT rows) = 922.7
-        assert fig.canvas.get_width_height() == (1800, 922)
-    finally:
-        vis.plt.close(fig)
+    fig = report.draw_assignment(image, stats, max_gt_panels=7)
+    assert len(fig.axes) == 5 + 7
+    fig.canvas.draw()
+    # Agg truncates: 100 * (1.0 header + 3.6 * 317 / 411 + 0.45 image row + 2 x 2.5 GT rows) = 922.7
+    assert fig.canvas.get_width_height() == (1800, 922)
+
+
+def test_importing_the_report_leaves_the_matplotlib_backend_alone(tmp_path):
+    """The report draws on its own Agg canvases: a process that chose another backend keeps it."""
+    code = ("import matplotlib; matplotlib.use('svg'); "
+            "import atss_core.utils.assignment_report as r, matplotlib.pyplot as plt; "
+            "print(matplotlib.get_backend(), type(r._new_figure((2, 1)).canvas).__name__)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+               MPLCONFIGDIR=str(tmp_path / "mpl"))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["svg", "FigureCanvasAgg"]
+
+
+def test_each_assigner_names_its_positive_type():
+    from atss_core.modeling.rpn.atss import assigners
+    assert assigners.POSITIVE_TYPES == ("ATSS", "SSC", "IoU", "TOPK")
+    assert {name: cls.__name__ for name, cls in assigners.ASSIGNERS.items()} == {
+        "ATSS": "ATSSAssigner", "SSC": "SSCAssigner", "IoU": "IoUAssigner", "TOPK": "TopKAssigner"}
+    for name in assigners.POSITIVE_TYPES:
+        assert type(build_assigner(_config(R50_CONFIG, name))).POSITIVE_TYPE == name
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -270,7 +289,7 @@ def test_cli_end_to_end(small_coco, tmp_path):
     # (3.6 * 0.75 + 0.45) image row + one 2.5 in row of GT panels = 6.65 in high, at 100 dpi.
     pixels = _read_png(output)
     assert pixels.shape[:2] == (665, 1800)
-    tab10_blue = np.array(vis.GT_COLOURS[0]) * 255
+    tab10_blue = np.array(report.GT_COLOURS[0]) * 255
     assert _looks_drawn(pixels, tab10_blue)
     lines = run.stdout.splitlines()
     # The 320x240 input pads to 320x256: grids 40x32, 20x16, 10x8, 5x4, 3x2 (one anchor per cell).
@@ -288,7 +307,7 @@ def test_cli_compare(small_coco, tmp_path, capsys):
     pixels = _read_png(output)
     # 3 columns x 4.0 in; 1.0 header + (4.0 * 0.75 + 0.45) image row + 2.8 in bars = 7.25 in.
     assert pixels.shape[:2] == (725, 1200)
-    assert _looks_drawn(pixels, np.array(vis.GT_COLOURS[0]) * 255)
+    assert _looks_drawn(pixels, np.array(report.GT_COLOURS[0]) * 255)
     printed = capsys.readouterr().out
     header = printed.splitlines()[1].split()
     assert header[2:] == ["ATSS", "IoU", "SSC"]

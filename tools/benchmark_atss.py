@@ -113,7 +113,7 @@ def time_inference(timer, tag, model, images, record):
         features = timer.measure(f"{tag} backbone+FPN", lambda: model.backbone(batch), record)
         head = timer.measure(f"{tag} head", lambda: model.rpn.head(features), record)
         return timer.measure(f"{tag} postprocess", lambda: model.rpn.box_selector_test(
-            *head, model.rpn.anchor_generator(images, features)), record)
+            *head, model.rpn.anchor_generator(features), images.image_sizes), record)
     timer.measure(f"{tag} total", staged, record)
 
 
@@ -187,10 +187,10 @@ def main():
 
     with torch.inference_mode():
         features = fast.backbone(images.tensors.contiguous(memory_format=torch.channels_last))
-        anchors = fast.rpn.anchor_generator(images, features)
+        anchors = fast.rpn.anchor_generator(features)
         evaluator = fast.rpn.loss_evaluator
         print("\nanchor assignment (prepare_targets, one image, "
-              f"{sum(len(a) for a in anchors[0])} anchors):")
+              f"{sum(len(a) for a in anchors)} anchors):")
         for num_boxes in (1, 10, 100, 500):
             targets = [random_targets(num_boxes, (args.width, args.height), device, num_boxes)]
             for run in range(args.warmup + args.runs):

@@ -163,7 +163,7 @@ def run(args, num_processes):
         init_distributed(args.local_rank, torch.device(cfg.MODEL.DEVICE).type, cfg.DIST_TIMEOUT)
     # Same seed on every process (DDP starts all replicas from rank 0's weights anyway);
     # the data sampler splits the data between processes.
-    seed_all_rng(cfg.get("SEED", 0))
+    seed_all_rng(cfg.SEED)
 
     output_dir = cfg.OUTPUT_DIR
     removed = []

@@ -24,16 +24,15 @@ import os
 import sys
 import time
 
-import matplotlib.pyplot as plt
 import torch
 
 from atss_core.config import cfg as default_cfg, merge_config
 from atss_core.data.build import build_dataset
 from atss_core.data.datasets import COCODataset
 from atss_core.data.transforms import build_transforms
-from atss_core.utils.assignment_vis import (
-    FIGURE_DPI, assign_image, canonical_positive_type, draw_assignment, draw_comparison, format_comparison,
-    format_summary, network_input_to_rgb)
+from atss_core.modeling.rpn.atss.assignment_stats import assign_image, canonical_positive_type
+from atss_core.utils.assignment_report import (
+    FIGURE_DPI, draw_assignment, draw_comparison, format_comparison, format_summary, network_input_to_rgb)
 from atss_core.utils.imports import import_file
 
 PROGRAM = "visualize_assignment"
@@ -157,7 +156,6 @@ def run(args):
     os.makedirs(output_folder, exist_ok=True)
     fig.savefig(args.output, dpi=FIGURE_DPI)
     width, height = fig.canvas.get_width_height()
-    plt.close(fig)
     print(f"wrote {args.output} ({width}x{height} px) in {time.perf_counter() - start:.1f} s")
 
 

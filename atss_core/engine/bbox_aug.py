@@ -16,11 +16,10 @@ import torch
 import torchvision.transforms as TT
 import torchvision.transforms.functional as TF
 
-from atss_core.config import cfg
 from atss_core.data import transforms as T
 from atss_core.modeling.rpn.atss.inference import keep_top_per_group
 from atss_core.structures.bounding_box import FLIP_LEFT_RIGHT, BoxList
-from atss_core.structures.boxlist_ops import boxlist_ml_nms, cat_boxlist
+from atss_core.structures.boxlist_ops import box_iou_plus_one, boxlist_ml_nms, cat_boxlist
 from atss_core.structures.image_list import to_image_list
 
 __all__ = [
@@ -39,10 +38,12 @@ __all__ = [
 _SMALL_SCALE = 800
 
 
-def im_detect_bbox_aug(model, images, device):
-    """Detections of ``model`` on ``images`` under all configured augmentations, merged.
+def im_detect_bbox_aug(model, images, device, cfg):
+    """Detections of ``model`` on ``images`` under all augmentations ``cfg`` configures, merged.
 
     images: sequence of N PIL images at their original size (what ``BBoxAugCollator`` yields).
+    cfg: the config (``TEST.BBOX_AUG``, ``INPUT``, ``DATALOADER.SIZE_DIVISIBILITY``, ``MODEL.ATSS``
+    NMS settings, ``TEST.DETECTIONS_PER_IMG``).
     Returns N BoxList (xyxy, fields ``scores`` and ``labels``) whose ``size`` is the (W, H) of
     the image resized to ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``.
     """
@@ -67,7 +68,7 @@ def im_detect_bbox_aug(model, images, device):
 
     detections_per_pass = []
     for scale, max_size, hflip, size_range in passes:
-        boxlists = im_detect_bbox_scale(model, images, scale, max_size, device, hflip=hflip)
+        boxlists = im_detect_bbox_scale(model, images, scale, max_size, device, cfg, hflip=hflip)
         if size_range is not None:
             boxlists = remove_boxes(boxlists, *size_range)
         detections_per_pass.append(boxlists)
@@ -79,7 +80,10 @@ def im_detect_bbox_aug(model, images, device):
         merged.append(cat_boxlist(parts))
 
     if aug.VOTE:
-        return merge_result_from_multi_scales(merged, aug.MERGE_TYPE, aug.VOTE_TH)
+        atss = cfg.MODEL.ATSS
+        return merge_result_from_multi_scales(merged, aug.MERGE_TYPE, aug.VOTE_TH, nms_thresh=atss.NMS_TH,
+                                              max_detections=atss.PRE_NMS_TOP_N,
+                                              soft_vote_score_thresh=atss.INFERENCE_TH)
     return [keep_top_scores(boxlist_ml_nms(boxlist, cfg.MODEL.ATSS.NMS_TH), cfg.TEST.DETECTIONS_PER_IMG)
             for boxlist in merged]
 
@@ -93,9 +97,10 @@ def _scores_and_labels_only(boxlist):
     return result
 
 
-def im_detect_bbox(model, images, target_scale, target_max_size, device, hflip=False):
+def im_detect_bbox(model, images, target_scale, target_max_size, device, cfg, hflip=False):
     """Run ``model`` on ``images`` resized to shorter side ``target_scale`` (longer side at most
-    ``target_max_size``), horizontally flipped first when ``hflip``.
+    ``target_max_size``), horizontally flipped first when ``hflip``, normalised and batched as
+    ``cfg``'s ``INPUT`` and ``DATALOADER.SIZE_DIVISIBILITY`` say.
 
     Returns the model's BoxLists, in the (possibly flipped) resized image's coordinates.
     """
@@ -109,19 +114,19 @@ def im_detect_bbox(model, images, target_scale, target_max_size, device, hflip=F
     return model(batch.to(device))
 
 
-def im_detect_bbox_hflip(model, images, target_scale, target_max_size, device):
+def im_detect_bbox_hflip(model, images, target_scale, target_max_size, device, cfg):
     """Detections on the flipped resized images, flipped back (``x' = W - x - 1``) so they lie
     in the unflipped resized images' coordinates."""
-    boxlists = im_detect_bbox(model, images, target_scale, target_max_size, device, hflip=True)
+    boxlists = im_detect_bbox(model, images, target_scale, target_max_size, device, cfg, hflip=True)
     return [boxlist.transpose(FLIP_LEFT_RIGHT) for boxlist in boxlists]
 
 
-def im_detect_bbox_scale(model, images, target_scale, target_max_size, device, hflip=False):
+def im_detect_bbox_scale(model, images, target_scale, target_max_size, device, cfg, hflip=False):
     """Detections at one scale, optionally on the flipped image (returned unflipped), in the
     coordinates of the image resized to that scale."""
     if hflip:
-        return im_detect_bbox_hflip(model, images, target_scale, target_max_size, device)
-    return im_detect_bbox(model, images, target_scale, target_max_size, device)
+        return im_detect_bbox_hflip(model, images, target_scale, target_max_size, device, cfg)
+    return im_detect_bbox(model, images, target_scale, target_max_size, device, cfg)
 
 
 def remove_boxes(boxlists, min_scale, max_scale):
@@ -133,22 +138,24 @@ def remove_boxes(boxlists, min_scale, max_scale):
     return kept
 
 
-def merge_result_from_multi_scales(boxlists, nms_type="vote", vote_thresh=0.66):
-    """Merge each image's pooled detections by box voting, then keep the
-    ``MODEL.ATSS.PRE_NMS_TOP_N`` best (the original's cap for this path).
+def merge_result_from_multi_scales(boxlists, nms_type="vote", vote_thresh=0.66, *, nms_thresh,
+                                   max_detections, soft_vote_score_thresh):
+    """Merge each image's pooled detections by box voting, then keep the ``max_detections`` best
+    (the original caps this path at ``MODEL.ATSS.PRE_NMS_TOP_N``).
 
     boxlists: N BoxList (xyxy) with fields ``scores`` and ``labels``. ``nms_type``: "vote" or
-    "soft-vote"; soft-vote keeps damped copies scoring at least ``MODEL.ATSS.INFERENCE_TH``.
+    "soft-vote"; soft-vote keeps damped copies scoring at least ``soft_vote_score_thresh``
+    (``MODEL.ATSS.INFERENCE_TH``). ``nms_thresh`` (``MODEL.ATSS.NMS_TH``) <= 0 skips the voting.
     """
     if nms_type not in ("vote", "soft-vote"):
         raise ValueError(f"TEST.BBOX_AUG.MERGE_TYPE must be 'vote' or 'soft-vote', got {nms_type!r}")
-    soft_score_thresh = cfg.MODEL.ATSS.INFERENCE_TH if nms_type == "soft-vote" else None
+    soft_score_thresh = soft_vote_score_thresh if nms_type == "soft-vote" else None
     results = []
     for boxlist in boxlists:
         # the original skips merging altogether when NMS is disabled (NMS_TH <= 0)
-        if cfg.MODEL.ATSS.NMS_TH > 0:
+        if nms_thresh > 0:
             boxlist = boxlist_vote(boxlist, vote_thresh, soft_score_thresh)
-        results.append(keep_top_scores(boxlist, cfg.MODEL.ATSS.PRE_NMS_TOP_N))
+        results.append(keep_top_scores(boxlist, max_detections))
     return results
 
 
@@ -176,7 +183,7 @@ def boxlist_vote(boxlist, vote_thresh, soft_score_thresh=None):
     boxes, scores, labels = boxlist.bbox[order], scores[order], labels[order]
 
     first, later = _same_label_pairs(labels)
-    overlapping = _paired_iou(boxes[first], boxes[later]) >= vote_thresh
+    overlapping = box_iou_plus_one(boxes[first], boxes[later]) >= vote_thresh
     first, later = first[overlapping], later[overlapping]
     is_seed = _greedy_seeds(len(boxes), first, later)
     # each box's first (best-scored) overlapping seed; seeds are their own
@@ -196,7 +203,7 @@ def boxlist_vote(boxlist, vote_thresh, soft_score_thresh=None):
     out_scores, out_labels = scores[seed_index], labels[seed_index]
 
     if soft_score_thresh is not None:
-        damped = scores * (1 - _paired_iou(boxes[seed_of], boxes))
+        damped = scores * (1 - box_iou_plus_one(boxes[seed_of], boxes))
         soft = merged[cluster_of] & (damped >= soft_score_thresh)
         out_boxes = torch.cat([out_boxes, boxes[soft]])
         out_scores = torch.cat([out_scores, damped[soft]])
@@ -224,17 +231,6 @@ def _same_label_pairs(labels):
     pair_start = torch.repeat_interleave(torch.cumsum(num_later, 0) - num_later, num_later)
     later = first + 1 + torch.arange(len(first), device=labels.device) - pair_start
     return first, later
-
-
-def _paired_iou(boxes1, boxes2):
-    """IoU of ``boxes1[k]`` with ``boxes2[k]`` (both (P, 4) xyxy), with "+1" widths as ``boxlist_iou``."""
-    top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])
-    bottom_right = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
-    overlap = (bottom_right - top_left + 1).clamp(min=0)
-    intersection = overlap[:, 0] * overlap[:, 1]
-    area1 = (boxes1[:, 2] - boxes1[:, 0] + 1) * (boxes1[:, 3] - boxes1[:, 1] + 1)
-    area2 = (boxes2[:, 2] - boxes2[:, 0] + 1) * (boxes2[:, 3] - boxes2[:, 1] + 1)
-    return intersection / (area1 + area2 - intersection)
 
 
 def _greedy_seeds(count, first, later):

@@ -7,9 +7,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from atss_core.config import cfg
 from atss_core.data.datasets.evaluation import evaluate
 from atss_core.structures.bounding_box import BoxList
+from atss_core.structures.image_list import ImageList
 
 from ..utils.comm import all_gather, get_world_size, is_main_process, synchronize
 from .bbox_aug import im_detect_bbox_aug
@@ -34,11 +34,12 @@ class _Timer:
         return self.total_time
 
 
-def compute_on_dataset(model, data_loader, device, timer=None):
+def compute_on_dataset(model, data_loader, device, timer=None, bbox_aug_cfg=None):
     """Run ``model`` (in eval mode, without gradients) over ``data_loader``.
 
-    Batches are ``(images, targets, image_ids)``: an ImageList, or with ``TEST.BBOX_AUG`` a
-    tuple of PIL images handed to :func:`im_detect_bbox_aug`. ``timer`` (with ``tic``/``toc``),
+    Batches are ``(images, targets, image_ids)``: an ImageList, or with test-time augmentation a
+    tuple of PIL images handed to :func:`im_detect_bbox_aug` with ``bbox_aug_cfg``, the config the
+    loader was built from (``TEST.BBOX_AUG.ENABLED`` in it). ``timer`` (with ``tic``/``toc``),
     when given, times the model calls, synchronising CUDA so queued kernels count.
 
     Returns ``{dataset index: BoxList on the CPU}`` in the resized network-input coordinates.
@@ -46,14 +47,18 @@ def compute_on_dataset(model, data_loader, device, timer=None):
     model.eval()
     results = {}
     device = torch.device(device)
+    augment = bbox_aug_cfg is not None and bbox_aug_cfg.TEST.BBOX_AUG.ENABLED
     for images, _, image_ids in tqdm(data_loader, disable=not is_main_process()):
         with torch.no_grad():
             if timer is not None:
                 timer.tic()
-            if cfg.TEST.BBOX_AUG.ENABLED:
-                output = im_detect_bbox_aug(model, images, device)
-            else:
+            if augment:
+                output = im_detect_bbox_aug(model, images, device, bbox_aug_cfg)
+            elif isinstance(images, ImageList):
                 output = model(images.to(device))
+            else:
+                raise TypeError(f"the data loader yields {type(images).__name__} batches (test-time "
+                                "augmentation's), not ImageLists: pass its config as bbox_aug_cfg")
             if timer is not None:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -97,8 +102,11 @@ def _time_str(seconds):
 
 
 def inference(model, data_loader, dataset_name, iou_types=("bbox",), box_only=False, device="cuda",
-              expected_results=(), expected_results_sigma_tol=4, output_folder=None):
+              expected_results=(), expected_results_sigma_tol=4, output_folder=None, bbox_aug_cfg=None):
     """Predict on every image of ``data_loader``'s dataset and evaluate the predictions.
+
+    ``bbox_aug_cfg``: the config ``data_loader`` was built from, read for test-time augmentation
+    (``TEST.BBOX_AUG``); None runs the model on the loader's ImageLists as they are.
 
     Each process runs its share of the loader; the main process gathers all predictions, saves
     them to ``output_folder/predictions.pth`` (a list of BoxList by dataset index, in the resized
@@ -113,7 +121,7 @@ def inference(model, data_loader, dataset_name, iou_types=("bbox",), box_only=Fa
     logger.info("Start evaluation on %s dataset(%d images).", dataset_name, len(dataset))
     total_timer, inference_timer = _Timer(), _Timer()
     total_timer.tic()
-    predictions = compute_on_dataset(model, data_loader, device, inference_timer)
+    predictions = compute_on_dataset(model, data_loader, device, inference_timer, bbox_aug_cfg)
     synchronize()  # every process done before the wall time is taken
     total_seconds = total_timer.toc()
     num_images = max(len(dataset), 1)

@@ -12,15 +12,6 @@ from atss_core.utils.metric_logger import MetricLogger
 LOG_PERIOD = 20
 
 
-def reduce_loss_dict(loss_dict):
-    """Average the loss dict over processes for logging; only rank 0 gets the average.
-
-    Args:
-        loss_dict (dict[str, Tensor]): 0-d losses of this process.
-    """
-    return reduce_dict(loss_dict, average=True)
-
-
 def _all_processes_finite(loss):
     """Whether ``loss`` is finite on every process (so that all of them stop together)."""
     finite = torch.isfinite(loss.detach()).to(torch.float32)
@@ -102,7 +93,7 @@ def do_train(model, data_loader, optimizer, scheduler, checkpointer, device, che
                 "from the last checkpoint with the config's lr schedule)")
 
         # Averaged over processes for logging only; the backward uses the local losses.
-        loss_dict_reduced = reduce_loss_dict(loss_dict)
+        loss_dict_reduced = reduce_dict(loss_dict, average=True)  # the average, on rank 0 only
         losses_reduced = sum(loss_dict_reduced.values())
         meters.update(loss=losses_reduced, **loss_dict_reduced)
 

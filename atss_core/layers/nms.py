@@ -12,7 +12,7 @@ import torchvision
 from ._ext import compiled_ops
 
 
-def nms(boxes, scores, iou_threshold):
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Class-agnostic NMS.
 
     Args:
@@ -25,11 +25,11 @@ def nms(boxes, scores, iou_threshold):
     _check_nms_inputs("nms", boxes, scores)
     ops = compiled_ops(boxes.device)
     if ops is not None:
-        return ops.nms(boxes, scores, float(iou_threshold))
+        return ops.nms(*_kernel_dtype(boxes, scores), float(iou_threshold))
     return _nms_fallback(boxes, scores, None, iou_threshold)
 
 
-def ml_nms(boxes, scores, labels, iou_threshold):
+def ml_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Class-aware ("multi-label") NMS: a box only suppresses boxes of its own label.
 
     Args:
@@ -46,7 +46,7 @@ def ml_nms(boxes, scores, labels, iou_threshold):
                          f"got {tuple(labels.shape)}")
     ops = compiled_ops(boxes.device)
     if ops is not None:
-        return ops.ml_nms(boxes, scores, labels, float(iou_threshold))
+        return ops.ml_nms(*_kernel_dtype(boxes, scores), labels, float(iou_threshold))
     return _nms_fallback(boxes, scores, labels, iou_threshold)
 
 
@@ -57,6 +57,17 @@ def _check_nms_inputs(name, boxes, scores):
         raise TypeError(f"{name}: boxes must be a floating-point tensor, got {boxes.dtype}")
     if scores.shape != boxes.shape[:1]:
         raise ValueError(f"{name}: scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}")
+
+
+def _kernel_dtype(boxes, scores):
+    """``boxes`` and ``scores`` as the compiled kernels take them: float16 / bfloat16 become float32
+    (exact, so the kept set is that of the low-precision boxes), other dtypes pass unchanged."""
+    low_precision = (torch.float16, torch.bfloat16)
+    if boxes.dtype in low_precision:
+        boxes = boxes.float()
+    if scores.dtype in low_precision:
+        scores = scores.float()
+    return boxes, scores
 
 
 def _nms_fallback(boxes, scores, labels, iou_threshold):

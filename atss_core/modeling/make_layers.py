@@ -1,4 +1,7 @@
 """Small layer factories shared by the backbone, the FPN and the heads."""
+import functools
+from typing import Callable
+
 from torch import nn
 
 
@@ -23,26 +26,29 @@ def get_group_gn(dim, dim_per_gp, num_groups):
     return num_groups
 
 
-def group_norm(out_channels, affine=True, divisor=1):
-    """``nn.GroupNorm`` over ``out_channels`` configured by the global ``MODEL.GROUP_NORM``.
+def group_norm(out_channels: int, affine: bool = True, divisor: int = 1, dim_per_gp: int = -1, num_groups: int = 32,
+               eps: float = 1e-5) -> nn.GroupNorm:
+    """``nn.GroupNorm`` over ``out_channels``; the defaults are those of ``MODEL.GROUP_NORM``.
 
     ``divisor`` shrinks channels, channels-per-group and groups alike (used by narrow layers).
     """
-    # Imported here so that building layers never forces the config module to load first.
-    from atss_core.config import cfg
-
-    gn_cfg = cfg.MODEL.GROUP_NORM
     out_channels = out_channels // divisor
-    num_groups = get_group_gn(out_channels, gn_cfg.DIM_PER_GP // divisor,
-                              gn_cfg.NUM_GROUPS // divisor)
-    return nn.GroupNorm(num_groups, out_channels, gn_cfg.EPSILON, affine)
+    groups = get_group_gn(out_channels, dim_per_gp // divisor, num_groups // divisor)
+    return nn.GroupNorm(groups, out_channels, eps, affine)
 
 
-def conv_with_kaiming_uniform(use_gn=False, use_relu=False):
+def group_norm_from_config(group_norm_cfg) -> Callable[..., nn.GroupNorm]:
+    """``group_norm`` with ``MODEL.GROUP_NORM`` (``group_norm_cfg``) bound: ``fn(out_channels, ...)``."""
+    return functools.partial(group_norm, dim_per_gp=group_norm_cfg.DIM_PER_GP,
+                             num_groups=group_norm_cfg.NUM_GROUPS, eps=group_norm_cfg.EPSILON)
+
+
+def conv_with_kaiming_uniform(use_gn=False, use_relu=False, norm_func=group_norm):
     """Return ``make_conv(in_channels, out_channels, kernel_size, stride=1, dilation=1)``.
 
     The conv gets "same" padding and Caffe2's XavierFill init (= ``kaiming_uniform_(a=1)``)
-    with a zero bias. With ``use_gn`` the bias is dropped and a GroupNorm follows; with
+    with a zero bias. With ``use_gn`` the bias is dropped and ``norm_func(out_channels)`` (a
+    GroupNorm, see ``group_norm_from_config``) follows; with
     ``use_relu`` a ReLU follows. A bare conv is returned when nothing follows it, so its
     state-dict names have no ``.0`` index.
     """
@@ -55,7 +61,7 @@ def conv_with_kaiming_uniform(use_gn=False, use_relu=False):
             nn.init.zeros_(conv.bias)
         layers = [conv]
         if use_gn:
-            layers.append(group_norm(out_channels))
+            layers.append(norm_func(out_channels))
         if use_relu:
             layers.append(nn.ReLU(inplace=True))
         return nn.Sequential(*layers) if len(layers) > 1 else conv

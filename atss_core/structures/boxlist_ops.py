@@ -53,13 +53,18 @@ def remove_small_boxes(boxlist, min_size):
     return boxlist[keep]
 
 
-def box_iou_plus_one(boxes1, boxes2):
+def box_iou_plus_one(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU with the legacy "+1" areas ((x2 - x1 + 1) * (y2 - y1 + 1)), as the original's boxlist_iou.
 
     ``boxes1`` (..., 4) and ``boxes2`` (..., 4) xyxy broadcast against each other: pass
     ``a[:, None], b[None]`` for the (M, N) pairwise matrix, or equal shapes for paired IoUs.
-    Not differentiable (in-place arithmetic keeps big matrices to few allocations).
+    Not differentiable (in-place arithmetic keeps big matrices to few allocations). Integer boxes
+    are computed in float32.
     """
+    if not boxes1.is_floating_point():
+        boxes1 = boxes1.float()
+    if not boxes2.is_floating_point():
+        boxes2 = boxes2.float()
     x1a, y1a, x2a, y2a = boxes1.unbind(dim=-1)
     x1b, y1b, x2b, y2b = boxes2.unbind(dim=-1)
     inter = torch.minimum(x2a, x2b).sub_(torch.maximum(x1a, x1b)).add_(1).clamp_(min=0)

@@ -1,5 +1,6 @@
 """``ImageList``: a batch of images of different sizes, zero-padded into one tensor."""
 import math
+from typing import List, Sequence, Tuple, Union
 
 import torch
 
@@ -13,11 +14,11 @@ class ImageList:
         image_sizes: list of B (h_i, w_i) pairs.
     """
 
-    def __init__(self, tensors, image_sizes):
+    def __init__(self, tensors: torch.Tensor, image_sizes: List[Tuple[int, int]]):
         self.tensors = tensors
         self.image_sizes = image_sizes
 
-    def to(self, *args, **kwargs):
+    def to(self, *args, **kwargs) -> "ImageList":
         """Same batch with ``tensors.to(*args, **kwargs)`` (device and/or dtype)."""
         return ImageList(self.tensors.to(*args, **kwargs), self.image_sizes)
 
@@ -28,7 +29,8 @@ def _check_image(image, index):
         raise ValueError(f"to_image_list: image {index} must be a (C, H, W) tensor, got {shape}")
 
 
-def to_image_list(tensors, size_divisible=0):
+def to_image_list(tensors: Union["ImageList", torch.Tensor, Sequence[torch.Tensor]],
+                  size_divisible: int = 0) -> ImageList:
     """Batch images into an :class:`ImageList`, zero-padding them at the bottom and right.
 
     Args:
@@ -67,6 +69,8 @@ def to_image_list(tensors, size_divisible=0):
         max_shape[2] = int(math.ceil(max_shape[2] / size_divisible) * size_divisible)
 
     batched = tensors[0].new_zeros((len(tensors), *max_shape))
-    for image, padded in zip(tensors, batched):
-        padded[: image.shape[0], : image.shape[1], : image.shape[2]].copy_(image)
+    # Indexed writes into the batch (not copy_ into iterated views) keep autograd working when
+    # the images require grad: gradients flow back to every input image.
+    for index, image in enumerate(tensors):
+        batched[index, : image.shape[0], : image.shape[1], : image.shape[2]] = image
     return ImageList(batched, [image.shape[-2:] for image in tensors])

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from torch import nn
 
 from atss_core.modeling import registry
-from atss_core.modeling.make_layers import conv_with_kaiming_uniform
+from atss_core.modeling.make_layers import conv_with_kaiming_uniform, group_norm_from_config
 
 from . import fpn as fpn_module
 from . import mobilenet, resnet
@@ -23,7 +23,8 @@ def _assemble(body, out_channels, fpn=None):
 
 
 def _fpn_conv_block(cfg):
-    return conv_with_kaiming_uniform(cfg.MODEL.FPN.USE_GN, cfg.MODEL.FPN.USE_RELU)
+    return conv_with_kaiming_uniform(cfg.MODEL.FPN.USE_GN, cfg.MODEL.FPN.USE_RELU,
+                                     group_norm_from_config(cfg.MODEL.GROUP_NORM))
 
 
 @registry.BACKBONES.register("R-50-C4")

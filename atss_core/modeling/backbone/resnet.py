@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atss_core.layers import DFConv2d, FrozenBatchNorm2d
-from atss_core.modeling.make_layers import group_norm
+from atss_core.modeling.make_layers import group_norm, group_norm_from_config
 from atss_core.utils.registry import Registry
 
 # index: stage number 1..4 (layer1 = C2); block_count: residual blocks in the stage;
@@ -55,6 +55,9 @@ class ResNet(nn.Module):
                                "MODEL.RESNETS.TRANS_FUNC")
 
         self.stem = stem_module(cfg)
+        # GroupNorm blocks take MODEL.GROUP_NORM from this cfg (there is no global config below tools/).
+        block_options = ({"group_norm_cfg": cfg.MODEL.GROUP_NORM}
+                         if block_module is BottleneckWithGN else {})
         in_channels = res_cfg.STEM_OUT_CHANNELS
         self.stages = []
         self.return_features = {}
@@ -76,6 +79,7 @@ class ResNet(nn.Module):
                     "with_modulated_dcn": res_cfg.WITH_MODULATED_DCN,
                     "deformable_groups": res_cfg.DEFORMABLE_GROUPS,
                 },
+                **block_options,
             ))
             self.stages.append(name)
             self.return_features[name] = spec.return_features
@@ -111,9 +115,9 @@ def _lookup(registry, name, key):
 
 def _make_stage(transformation_module, in_channels, bottleneck_channels, out_channels,
                 block_count, num_groups, stride_in_1x1, first_stride, dilation=1,
-                dcn_config=None):
+                dcn_config=None, **block_options):
     """``block_count`` blocks in an ``nn.Sequential``; only the first one changes the
-    channel count and strides by ``first_stride``."""
+    channel count and strides by ``first_stride``. ``block_options`` go to every block."""
     blocks = []
     for block_index in range(block_count):
         blocks.append(transformation_module(
@@ -125,6 +129,7 @@ def _make_stage(transformation_module, in_channels, bottleneck_channels, out_cha
             first_stride if block_index == 0 else 1,
             dilation=dilation,
             dcn_config=dcn_config,
+            **block_options,
         ))
     return nn.Sequential(*blocks)
 
@@ -217,17 +222,19 @@ class StemWithFixedBatchNorm(BaseStem):
 
 
 class BottleneckWithGN(Bottleneck):
-    """Bottleneck normalised by GroupNorm (``MODEL.GROUP_NORM``)."""
+    """Bottleneck normalised by GroupNorm configured by ``group_norm_cfg`` (``MODEL.GROUP_NORM``;
+    None: its defaults)."""
 
     def __init__(self, in_channels, bottleneck_channels, out_channels, num_groups=1,
-                 stride_in_1x1=True, stride=1, dilation=1, dcn_config=None):
+                 stride_in_1x1=True, stride=1, dilation=1, dcn_config=None, group_norm_cfg=None):
+        norm_func = group_norm if group_norm_cfg is None else group_norm_from_config(group_norm_cfg)
         super().__init__(in_channels, bottleneck_channels, out_channels, num_groups,
-                         stride_in_1x1, stride, dilation, group_norm, dcn_config)
+                         stride_in_1x1, stride, dilation, norm_func, dcn_config)
 
 
 class StemWithGN(BaseStem):
     def __init__(self, cfg):
-        super().__init__(cfg, norm_func=group_norm)
+        super().__init__(cfg, norm_func=group_norm_from_config(cfg.MODEL.GROUP_NORM))
 
 
 _TRANSFORMATION_MODULES = Registry({

@@ -3,16 +3,19 @@
 ATSS is a one-stage detector (``MODEL.RPN_ONLY``): the head's post-processed output is the final
 detection list, and there are no ROI heads.
 """
+from typing import Sequence, Tuple
+
 import torch
 from torch import nn
 
+from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.image_list import to_image_list
 
 from ..backbone import build_backbone
 from ..fuse import fuse_frozen_bn
-from ..rpn.rpn import build_rpn
+from ..rpn.atss.atss import ATSSModule
 
-__all__ = ["GeneralizedRCNN"]
+__all__ = ["GeneralizedRCNN", "check_targets"]
 
 
 class GeneralizedRCNN(nn.Module):
@@ -36,9 +39,14 @@ class GeneralizedRCNN(nn.Module):
             raise NotImplementedError(
                 "MODEL.RPN_ONLY is False, but this project has no ROI heads (ATSS is one-stage): "
                 "set MODEL.RPN_ONLY True, e.g. with a configs/atss/*.yaml file")
+        if not cfg.MODEL.ATSS_ON:
+            raise NotImplementedError(
+                "MODEL.ATSS_ON is False, but the ATSS head is the only one implemented here "
+                "(no RPN, FCOS or RetinaNet heads): set MODEL.ATSS_ON True, e.g. with a configs/atss/*.yaml file")
         self.size_divisibility = cfg.DATALOADER.SIZE_DIVISIBILITY
+        self.num_classes = cfg.MODEL.ATSS.NUM_CLASSES  # background included
         self.backbone = build_backbone(cfg)
-        self.rpn = build_rpn(cfg, self.backbone.out_channels)
+        self.rpn = ATSSModule.from_config(cfg, self.backbone.out_channels)
         # NHWC memory order for the conv weights and the input batch: same results, faster
         # oneDNN / cuDNN kernels (about 1.3x for the quick-start training step on CPU).
         self.channels_last = cfg.MODEL.CHANNELS_LAST
@@ -71,12 +79,38 @@ class GeneralizedRCNN(nn.Module):
             raise ValueError("GeneralizedRCNN in training mode needs targets (a list of BoxList, one per "
                              "image): pass them, or call model.eval() to get detections")
         images = to_image_list(images, self.size_divisibility)
-        if targets is not None and len(targets) != len(images.image_sizes):
-            raise ValueError(f"got {len(targets)} targets for {len(images.image_sizes)} images: "
-                             "pass one BoxList per image")
+        if targets is not None:
+            check_targets(targets, images.image_sizes, self.num_classes)
         batch = images.tensors
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         features = self.backbone(batch)
         detections, losses = self.rpn(images, features, targets)
         return losses if self.training else detections
+
+
+def check_targets(targets: Sequence[BoxList], image_sizes: Sequence[Tuple[int, int]], num_classes: int) -> None:
+    """Raises one clear error for targets the model cannot train on.
+
+    targets: one BoxList per image, sized as the unpadded image (W, H) of ``image_sizes`` (N (H, W)
+    pairs), with an int64 field "labels" (G_i,) in 1..num_classes - 1 (``num_classes`` counts the
+    background, as ``MODEL.ATSS.NUM_CLASSES``).
+    """
+    if len(targets) != len(image_sizes):
+        raise ValueError(f"got {len(targets)} targets for {len(image_sizes)} images: pass one BoxList per image")
+    for index, target in enumerate(targets):
+        if not isinstance(target, BoxList) or not target.has_field("labels"):
+            got = type(target).__name__ if not isinstance(target, BoxList) else "a BoxList without 'labels'"
+            raise TypeError(f"target {index} is {got}; targets must be BoxLists (xyxy, size = the unpadded "
+                            "image (W, H)) with a 'labels' field: for a {'boxes', 'labels'} dict use "
+                            "BoxList(boxes, (W, H)) and .add_field('labels', labels)")
+        image_size_wh = (int(image_sizes[index][1]), int(image_sizes[index][0]))
+        if tuple(target.size) != image_size_wh:
+            raise ValueError(f"target {index} has BoxList size {tuple(target.size)} but its image's unpadded "
+                             f"(width, height) is {image_size_wh}; build targets with the unpadded image size")
+        labels = target.get_field("labels")
+        outside = (labels < 1) | (labels > num_classes - 1)
+        if outside.any():
+            raise ValueError(f"target {index} has label {int(labels[outside][0])}; labels must be class ids "
+                             f"1..{num_classes - 1} (MODEL.ATSS.NUM_CLASSES {num_classes} counts the background "
+                             "as 0): fix the data's category ids or raise MODEL.ATSS.NUM_CLASSES")

@@ -4,10 +4,12 @@ Each FPN level has a small set of *cell anchors* (A boxes around one grid cell),
 the legacy Detectron formula (below); the anchors of a level are the cell anchors shifted to
 every cell of that level's feature map.
 """
+from typing import List, Sequence, Tuple
+
 import torch
 from torch import nn
 
-from atss_core.structures.bounding_box import BoxList
+from atss_core.modeling.original_api import make_anchor_generator_atss  # noqa: F401 (original API import path)
 
 
 class BufferList(nn.Module):
@@ -68,16 +70,22 @@ def generate_anchors(stride=16, sizes=(32, 64, 128, 256, 512), aspect_ratios=(0.
 class AnchorGenerator(nn.Module):
     """Anchors over every level of a feature pyramid.
 
+    They depend on the feature-map sizes only (not on the images): ``forward`` returns one
+    tensor per level, shared by all images of the batch, and keeps the last few results so a
+    feature-map size seen before costs nothing.
+
     Args:
-        sizes (sequence): per level, an anchor size or a tuple of sizes (pixels).
-        aspect_ratios (sequence of float): height / width ratios, shared by all levels.
-        anchor_strides (sequence of int): per level, the feature-map stride (pixels).
-        straddle_thresh (float): anchors reaching more than this many pixels outside the
-            (unpadded) image get ``visibility`` False; a negative value marks all visible.
+        sizes: per level, an anchor size or a tuple of sizes (pixels).
+        aspect_ratios: height / width ratios, shared by all levels.
+        anchor_strides: per level, the feature-map stride (pixels).
     """
 
-    def __init__(self, sizes=(128, 256, 512), aspect_ratios=(0.5, 1.0, 2.0),
-                 anchor_strides=(8, 16, 32), straddle_thresh=0):
+    # Distinct (grid sizes, device, dtype) results kept; training with multi-scale inputs
+    # cycles through a handful of sizes, evaluation of a data set through more.
+    CACHE_SIZE = 16
+
+    def __init__(self, sizes: Sequence = (128, 256, 512), aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                 anchor_strides: Sequence[int] = (8, 16, 32)):
         super().__init__()
         if len(anchor_strides) != len(sizes):
             raise ValueError(f"got {len(sizes)} anchor sizes for {len(anchor_strides)} anchor strides; "
@@ -89,14 +97,33 @@ class AnchorGenerator(nn.Module):
         ]
         self.strides = tuple(anchor_strides)
         self.cell_anchors = BufferList(cell_anchors)
-        self.straddle_thresh = straddle_thresh
+        self._cache = {}
 
-    def num_anchors_per_location(self):
+    @classmethod
+    def from_config(cls, cfg) -> "AnchorGenerator":
+        """The ATSS anchor generator of ``cfg.MODEL.ATSS``.
+
+        With ``SCALES_PER_OCTAVE`` k, every level gets the sizes ``size * OCTAVE ** (i / k)`` for
+        i in 0..k-1 (times each aspect ratio). ``STRADDLE_THRESH`` is not read (nothing used the
+        visibility it decided).
+        """
+        atss = cfg.MODEL.ATSS
+        if len(atss.ANCHOR_STRIDES) != len(atss.ANCHOR_SIZES):
+            raise ValueError(f"MODEL.ATSS.ANCHOR_SIZES has {len(atss.ANCHOR_SIZES)} entries but "
+                             f"MODEL.ATSS.ANCHOR_STRIDES has {len(atss.ANCHOR_STRIDES)}; give one per FPN level")
+        octave_sizes = tuple(
+            tuple(atss.OCTAVE ** (i / float(atss.SCALES_PER_OCTAVE)) * size
+                  for i in range(atss.SCALES_PER_OCTAVE))
+            for size in atss.ANCHOR_SIZES
+        )
+        return cls(octave_sizes, atss.ASPECT_RATIOS, atss.ANCHOR_STRIDES)
+
+    def num_anchors_per_location(self) -> List[int]:
         """Number of anchors A per grid cell, one entry per level."""
         return [len(cell_anchors) for cell_anchors in self.cell_anchors]
 
-    def grid_anchors(self, grid_sizes):
-        """Anchors over whole feature grids.
+    def grid_anchors(self, grid_sizes: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
+        """Anchors over whole feature grids (computed on every call; ``forward`` caches).
 
         Args:
             grid_sizes: per level, the feature map's (height, width).
@@ -116,55 +143,30 @@ class AnchorGenerator(nn.Module):
             anchors.append((shifts + cell_anchors[None]).reshape(-1, 4))
         return anchors
 
-    def add_visibility_to(self, boxlist):
-        """Adds the bool field "visibility": the anchor lies inside the image (within the thresh)."""
-        image_width, image_height = boxlist.size
-        anchors = boxlist.bbox
-        if self.straddle_thresh >= 0:
-            slack = self.straddle_thresh
-            visible = ((anchors[:, 0] >= -slack) & (anchors[:, 1] >= -slack)
-                       & (anchors[:, 2] < image_width + slack) & (anchors[:, 3] < image_height + slack))
-        else:
-            visible = torch.ones(anchors.shape[0], dtype=torch.bool, device=anchors.device)
-        boxlist.add_field("visibility", visible)
-
-    def forward(self, image_list, feature_maps):
-        """Anchors for every image of a batch.
+    def forward(self, feature_maps: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Anchors of a batch's feature maps.
 
         Args:
-            image_list: an ``ImageList``; only its ``image_sizes`` [(height, width)] are used.
             feature_maps: list over levels of Tensor (N, C, H_l, W_l).
 
         Returns:
-            ``anchors[image][level]``: a ``BoxList`` (xyxy) over the whole padded grid of the
-            level, with size = the image's unpadded (width, height) and a "visibility" field.
+            list over levels of Tensor (H_l * W_l * A, 4) xyxy over the whole padded grid, the
+            same for every image (see ``grid_anchors``). Do not modify them in place: they are
+            cached.
         """
-        grid_sizes = [tuple(feature_map.shape[-2:]) for feature_map in feature_maps]
-        anchors_per_level = self.grid_anchors(grid_sizes)
-        anchors = []
-        for image_height, image_width in image_list.image_sizes:
-            anchors_in_image = []
-            for level_anchors in anchors_per_level:
-                boxlist = BoxList(level_anchors, (image_width, image_height), mode="xyxy")
-                self.add_visibility_to(boxlist)
-                anchors_in_image.append(boxlist)
-            anchors.append(anchors_in_image)
-        return anchors
+        grid_sizes = tuple(tuple(feature_map.shape[-2:]) for feature_map in feature_maps)
+        first = next(iter(self.cell_anchors))
+        # Tensors made under inference_mode cannot be used by autograd later: keep them apart.
+        key = (grid_sizes, first.device, first.dtype, torch.is_inference_mode_enabled())
+        anchors = self._cache.get(key)
+        if anchors is None:
+            anchors = self.grid_anchors(grid_sizes)
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))  # the oldest entry
+            self._cache[key] = anchors
+        return list(anchors)
 
-
-def make_anchor_generator_atss(config):
-    """The ATSS anchor generator from ``config.MODEL.ATSS``.
-
-    With ``SCALES_PER_OCTAVE`` k, every level gets the sizes ``size * OCTAVE ** (i / k)`` for
-    i in 0..k-1 (times each aspect ratio).
-    """
-    atss = config.MODEL.ATSS
-    if len(atss.ANCHOR_STRIDES) != len(atss.ANCHOR_SIZES):
-        raise ValueError(f"MODEL.ATSS.ANCHOR_SIZES has {len(atss.ANCHOR_SIZES)} entries but "
-                         f"MODEL.ATSS.ANCHOR_STRIDES has {len(atss.ANCHOR_STRIDES)}; give one per FPN level")
-    octave_sizes = tuple(
-        tuple(atss.OCTAVE ** (i / float(atss.SCALES_PER_OCTAVE)) * size
-              for i in range(atss.SCALES_PER_OCTAVE))
-        for size in atss.ANCHOR_SIZES
-    )
-    return AnchorGenerator(octave_sizes, atss.ASPECT_RATIOS, atss.ANCHOR_STRIDES, atss.STRADDLE_THRESH)
+    def _load_from_state_dict(self, *args, **kwargs):
+        # New cell anchors make every cached grid stale.
+        self._cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)

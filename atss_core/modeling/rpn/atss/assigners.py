@@ -12,21 +12,24 @@ They work on plain tensors and need no config: call one as
 ``anchors`` (N, 4) are all levels' anchors concatenated level by level (or a list of per-level
 (N_l, 4) tensors), ``gt_boxes`` (G, 4) and ``gt_labels`` (G,) int64 in 1..C. Boxes are xyxy
 pixels. The result is an ``AssignResult``: per-anchor labels (0 background, 1..C class, -1
-ignored) and the index of the GT each positive anchor regresses to. ``build_assigner(cfg)``
-picks and configures the class from the config.
+ignored) and the index of the GT each positive anchor regresses to. Each class names its
+``POSITIVE_TYPE`` and builds itself with ``from_config(cfg)``; ``build_assigner(cfg)`` picks the
+class for ``MODEL.ATSS.POSITIVE_TYPE`` (a new assigner class registers itself by subclassing).
 
 The anchors' image size plays no part in any rule (the original only used it in a consistency
-check between box lists, which ``ATSSLossComputation`` keeps).
+check between box lists, which the detector's ``check_targets`` keeps).
 
 Conventions shared with the original: IoU uses the legacy "+1" pixel areas; an anchor "centre
 inside a GT" means min(l, t, r, b) > 0.01 for its centre's distances to the GT's sides; an anchor
 that qualifies for several GTs goes to the one it overlaps most (ties: the lowest GT index). With
-zero GTs every anchor is background (the original crashed). Anchors x GTs work is done in blocks of
-at most ``MAX_PAIRS_PER_BLOCK`` pairs, so memory stays flat with hundreds of GTs.
+zero GTs every anchor is background (the original crashed); zero anchors give an empty result.
+Anchors x GTs work is done in blocks of at most ``MAX_PAIRS_PER_BLOCK`` pairs, so memory stays flat
+with hundreds of GTs.
 """
 import logging
 import math
 from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 
@@ -42,6 +45,8 @@ MAX_PAIRS_PER_BLOCK = 1 << 20
 CENTRE_MARGIN = 0.01
 # SSC: per FPN level, the range of max(l, t, r, b) a GT must have to be learnt on that level.
 SSC_SIZES_OF_INTEREST = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, math.inf))
+# POSITIVE_TYPE -> Assigner subclass, filled as the classes below are defined.
+ASSIGNERS: Dict[str, Type["Assigner"]] = {}
 
 
 @dataclass
@@ -156,10 +161,25 @@ def _check_gts(gt_boxes, gt_labels):
 
 
 class Assigner:
-    """Base class: input checks, the zero-GT case and logging; subclasses implement ``_assign``."""
+    """Base class: input checks, the zero-GT case and logging; subclasses implement ``_assign``,
+    ``from_config`` and set ``POSITIVE_TYPE``, which registers them in ``ASSIGNERS``."""
+
+    POSITIVE_TYPE: str = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.POSITIVE_TYPE in ASSIGNERS:
+            raise ValueError(f"POSITIVE_TYPE {cls.POSITIVE_TYPE!r} is taken by {ASSIGNERS[cls.POSITIVE_TYPE].__name__}")
+        ASSIGNERS[cls.POSITIVE_TYPE] = cls
+
+    @classmethod
+    def from_config(cls, cfg) -> "Assigner":
+        """The assigner configured from ``cfg.MODEL.ATSS``."""
+        raise NotImplementedError
 
     @torch.no_grad()
-    def __call__(self, anchors, gt_boxes, gt_labels, num_anchors_per_level=None):
+    def __call__(self, anchors: Union[torch.Tensor, Sequence[torch.Tensor]], gt_boxes: torch.Tensor,
+                 gt_labels: torch.Tensor, num_anchors_per_level: Optional[Sequence[int]] = None) -> AssignResult:
         """Assigns the anchors of one image.
 
         Args:
@@ -183,7 +203,7 @@ class Assigner:
                              f"{anchors.shape[0]} anchors; pass one count per level, in order")
         _check_gts(gt_boxes, gt_labels)
         num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
-        if num_gt == 0:
+        if num_gt == 0 or num_anchors == 0:
             return AssignResult(
                 labels=torch.zeros(num_anchors, dtype=torch.int64, device=anchors.device),
                 matched_gt_inds=torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device))
@@ -220,12 +240,20 @@ class ATSSAssigner(Assigner):
         num_anchors_per_location (int): A, anchors per grid cell.
     """
 
-    def __init__(self, topk=9, num_anchors_per_location=1):
+    POSITIVE_TYPE = "ATSS"
+
+    def __init__(self, topk: int = 9, num_anchors_per_location: int = 1):
         self.topk = topk
         self.num_anchors_per_location = num_anchors_per_location
 
+    @classmethod
+    def from_config(cls, cfg) -> "ATSSAssigner":
+        atss = cfg.MODEL.ATSS
+        return cls(atss.TOPK, len(atss.ASPECT_RATIOS) * atss.SCALES_PER_OCTAVE)
+
     @torch.no_grad()
-    def select_candidates(self, anchors, gt_boxes, num_anchors_per_level):
+    def select_candidates(self, anchors: torch.Tensor, gt_boxes: torch.Tensor,
+                          num_anchors_per_level: Sequence[int]) -> ATSSCandidates:
         """The per-GT candidate statistics (for ``_assign`` and for visualisation).
 
         Args:
@@ -282,8 +310,14 @@ class SSCAssigner(Assigner):
         sizes_of_interest: per level, the (low, high) bounds, inclusive, of max(l, t, r, b).
     """
 
-    def __init__(self, sizes_of_interest=SSC_SIZES_OF_INTEREST):
+    POSITIVE_TYPE = "SSC"
+
+    def __init__(self, sizes_of_interest: Sequence[Tuple[float, float]] = SSC_SIZES_OF_INTEREST):
         self.sizes_of_interest = tuple(tuple(bounds) for bounds in sizes_of_interest)
+
+    @classmethod
+    def from_config(cls, cfg) -> "SSCAssigner":
+        return cls()  # the original's ranges are fixed, not configurable
 
     def _assign(self, anchors, num_anchors_per_level, gt_boxes, gt_labels):
         if len(num_anchors_per_level) != len(self.sizes_of_interest):
@@ -325,8 +359,16 @@ class IoUAssigner(Assigner):
     The (G, N) IoU matrix is built whole, as the Matcher needs it (40 MB for 500 GTs x 20k anchors).
     """
 
-    def __init__(self, fg_iou_threshold=0.5, bg_iou_threshold=0.4, allow_low_quality_matches=True):
+    POSITIVE_TYPE = "IoU"
+
+    def __init__(self, fg_iou_threshold: float = 0.5, bg_iou_threshold: float = 0.4,
+                 allow_low_quality_matches: bool = True):
         self.matcher = Matcher(fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches)
+
+    @classmethod
+    def from_config(cls, cfg) -> "IoUAssigner":
+        atss = cfg.MODEL.ATSS
+        return cls(atss.FG_IOU_THRESHOLD, atss.BG_IOU_THRESHOLD, allow_low_quality_matches=True)
 
     def _assign(self, anchors, num_anchors_per_level, gt_boxes, gt_labels):
         ious = anchors.new_empty((gt_boxes.shape[0], anchors.shape[0]))
@@ -354,8 +396,14 @@ class TopKAssigner(Assigner):
         topk (int): positives per GT at most (``MODEL.ATSS.TOPK``).
     """
 
-    def __init__(self, topk=9):
+    POSITIVE_TYPE = "TOPK"
+
+    def __init__(self, topk: int = 9):
         self.topk = topk
+
+    @classmethod
+    def from_config(cls, cfg) -> "TopKAssigner":
+        return cls(cfg.MODEL.ATSS.TOPK)
 
     def _assign(self, anchors, num_anchors_per_level, gt_boxes, gt_labels):
         anchor_cx, anchor_cy = box_centres(anchors)
@@ -382,19 +430,13 @@ class TopKAssigner(Assigner):
         return self._result(matched, gt_labels)
 
 
-POSITIVE_TYPES = ("ATSS", "SSC", "IoU", "TOPK")
+# The POSITIVE_TYPE names in the order the classes are defined: ATSS, SSC, IoU, TOPK.
+POSITIVE_TYPES = tuple(ASSIGNERS)
 
 
-def build_assigner(cfg):
+def build_assigner(cfg) -> Assigner:
     """The assigner for ``cfg.MODEL.ATSS.POSITIVE_TYPE``, configured from ``cfg.MODEL.ATSS``."""
-    atss = cfg.MODEL.ATSS
-    positive_type = atss.POSITIVE_TYPE
-    if positive_type == "ATSS":
-        return ATSSAssigner(atss.TOPK, len(atss.ASPECT_RATIOS) * atss.SCALES_PER_OCTAVE)
-    if positive_type == "SSC":
-        return SSCAssigner()
-    if positive_type == "IoU":
-        return IoUAssigner(atss.FG_IOU_THRESHOLD, atss.BG_IOU_THRESHOLD, allow_low_quality_matches=True)
-    if positive_type == "TOPK":
-        return TopKAssigner(atss.TOPK)
-    raise ValueError(f"MODEL.ATSS.POSITIVE_TYPE is {positive_type!r}; set it to one of {POSITIVE_TYPES}")
+    positive_type = cfg.MODEL.ATSS.POSITIVE_TYPE
+    if positive_type not in ASSIGNERS:
+        raise ValueError(f"MODEL.ATSS.POSITIVE_TYPE is {positive_type!r}; set it to one of {POSITIVE_TYPES}")
+    return ASSIGNERS[positive_type].from_config(cfg)

@@ -1,31 +1,36 @@
 """The ATSS head and the module that ties it to anchors, targets and post-processing.
 
-``ATSSModule`` is what ``build_rpn`` returns for ``MODEL.ATSS_ON``: in training it returns the
+``ATSSModule`` is the detector's ``rpn`` (its dense head): in training it returns the
 three losses, in evaluation the detections of every image.
 """
 import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from atss_core.layers import DFConv2d, Scale
-from ..anchor_generator import make_anchor_generator_atss
+from atss_core.structures.bounding_box import BoxList
+from atss_core.structures.image_list import ImageList
+from ..anchor_generator import AnchorGenerator
 from .box_coder import BoxCoder
-from .inference import make_atss_postprocessor
-from .loss import make_atss_loss_evaluator
+from .inference import ATSSPostProcessor
+from .loss import ATSSLossComputation
 
-__all__ = ["ATSSHead", "ATSSModule", "BoxCoder", "build_atss"]
+from atss_core.modeling.original_api import build_atss  # noqa: F401 (original API import path)
+
+__all__ = ["ATSSHead", "ATSSModule", "BoxCoder"]
 
 
-def _tower(cfg, channels):
-    """NUM_CONVS x (3x3 conv, GroupNorm(32), ReLU) as one Sequential (convs at 0, 3, 6, ...).
+def _tower(channels, num_convs, use_dcn):
+    """num_convs x (3x3 conv, GroupNorm(32), ReLU) as one Sequential (convs at 0, 3, 6, ...).
 
-    With USE_DCN_IN_TOWER the last conv is deformable, as in the original.
+    With ``use_dcn`` the last conv is deformable, as in the original.
     """
-    num_convs = cfg.MODEL.ATSS.NUM_CONVS
     layers = []
     for index in range(num_convs):
-        deformable = cfg.MODEL.ATSS.USE_DCN_IN_TOWER and index == num_convs - 1
+        deformable = use_dcn and index == num_convs - 1
         conv_class = DFConv2d if deformable else nn.Conv2d
         layers += [
             conv_class(channels, channels, kernel_size=3, stride=1, padding=1, bias=True),
@@ -42,22 +47,31 @@ class ATSSHead(nn.Module):
     Output: three lists of L tensors, ``box_cls (N, A*C, H_l, W_l)`` raw logits,
     ``box_regression (N, A*4, H_l, W_l)`` after the level's ``Scale`` (and a ReLU in POINT mode)
     and ``centerness (N, A, H_l, W_l)`` raw logits, where A = anchors per location and
-    C = NUM_CLASSES - 1.
+    C = foreground classes.
+
+    Args:
+        in_channels: channels of every feature map.
+        num_foreground_classes: C (``MODEL.ATSS.NUM_CLASSES - 1``).
+        num_anchors: A, anchors per location.
+        num_levels: L, one ``Scale`` per level (``len(MODEL.ATSS.ANCHOR_STRIDES)``).
+        num_convs: convs per tower; use_dcn_in_tower: the last one deformable.
+        prior_prob: initial class probability (focal-loss prior).
+        point_regression: POINT regression (a ReLU on the outputs, bias init 4).
     """
 
-    def __init__(self, cfg, in_channels):
+    def __init__(self, in_channels: int, num_foreground_classes: int, num_anchors: int = 1, num_levels: int = 5,
+                 num_convs: int = 4, use_dcn_in_tower: bool = False, prior_prob: float = 0.01,
+                 point_regression: bool = False):
         super().__init__()
-        num_classes = cfg.MODEL.ATSS.NUM_CLASSES - 1
-        num_anchors = len(cfg.MODEL.ATSS.ASPECT_RATIOS) * cfg.MODEL.ATSS.SCALES_PER_OCTAVE
-        self.point_regression = cfg.MODEL.ATSS.REGRESSION_TYPE == "POINT"
-        if self.point_regression and num_anchors != 1:
+        if point_regression and num_anchors != 1:
             raise ValueError(
                 f"MODEL.ATSS.REGRESSION_TYPE 'POINT' needs one anchor per location, got {num_anchors} "
                 "(ASPECT_RATIOS x SCALES_PER_OCTAVE): use a single aspect ratio and SCALES_PER_OCTAVE 1")
+        self.point_regression = point_regression
 
-        self.cls_tower = _tower(cfg, in_channels)
-        self.bbox_tower = _tower(cfg, in_channels)
-        self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, kernel_size=3, padding=1)
+        self.cls_tower = _tower(in_channels, num_convs, use_dcn_in_tower)
+        self.bbox_tower = _tower(in_channels, num_convs, use_dcn_in_tower)
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_foreground_classes, kernel_size=3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=3, padding=1)
         self.centerness = nn.Conv2d(in_channels, num_anchors, kernel_size=3, padding=1)
 
@@ -68,15 +82,24 @@ class ATSSHead(nn.Module):
                 if isinstance(layer, nn.Conv2d):
                     nn.init.normal_(layer.weight, std=0.01)
                     nn.init.constant_(layer.bias, 0)
-        # Focal-loss prior: every class starts at probability PRIOR_PROB.
-        prior_prob = cfg.MODEL.ATSS.PRIOR_PROB
+        # Focal-loss prior: every class starts at probability prior_prob.
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
         if self.point_regression:
             nn.init.constant_(self.bbox_pred.bias, 4)
 
-        self.scales = nn.ModuleList([Scale(init_value=1.0) for _ in range(5)])
+        self.scales = nn.ModuleList([Scale(init_value=1.0) for _ in range(num_levels)])
 
-    def forward(self, features):
+    @classmethod
+    def from_config(cls, cfg, in_channels: int) -> "ATSSHead":
+        atss = cfg.MODEL.ATSS
+        return cls(in_channels, num_foreground_classes=atss.NUM_CLASSES - 1,
+                   num_anchors=len(atss.ASPECT_RATIOS) * atss.SCALES_PER_OCTAVE,
+                   num_levels=len(atss.ANCHOR_STRIDES), num_convs=atss.NUM_CONVS,
+                   use_dcn_in_tower=atss.USE_DCN_IN_TOWER, prior_prob=atss.PRIOR_PROB,
+                   point_regression=atss.REGRESSION_TYPE == "POINT")
+
+    def forward(self, features: Sequence[torch.Tensor]
+                ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
         box_cls, box_regression, centerness = [], [], []
         for level, feature in enumerate(features):
             cls_feature = self.cls_tower(feature)
@@ -98,32 +121,29 @@ class ATSSModule(nn.Module):
     evaluation, one ``BoxList`` per image with fields ``labels`` (1..C) and ``scores``.
     """
 
-    def __init__(self, cfg, in_channels):
+    def __init__(self, head: ATSSHead, anchor_generator: AnchorGenerator,
+                 loss_evaluator: ATSSLossComputation, box_selector_test: ATSSPostProcessor):
         super().__init__()
-        self.cfg = cfg
-        self.head = ATSSHead(cfg, in_channels)
-        box_coder = BoxCoder(cfg)
-        self.loss_evaluator = make_atss_loss_evaluator(cfg, box_coder)
-        self.box_selector_test = make_atss_postprocessor(cfg, box_coder)
-        self.anchor_generator = make_anchor_generator_atss(cfg)
+        self.head = head
+        self.loss_evaluator = loss_evaluator
+        self.box_selector_test = box_selector_test
+        self.anchor_generator = anchor_generator
 
-    def forward(self, images, features, targets=None):
-        """images: ``ImageList``; features: list of L ``(N, C, H_l, W_l)``; targets: list of N
-        ``BoxList`` (xyxy, field ``labels``, size = the unpadded image (W, H)), training only."""
+    @classmethod
+    def from_config(cls, cfg, in_channels: int) -> "ATSSModule":
+        box_coder = BoxCoder.from_config(cfg)
+        return cls(ATSSHead.from_config(cfg, in_channels), AnchorGenerator.from_config(cfg),
+                   ATSSLossComputation.from_config(cfg, box_coder), ATSSPostProcessor.from_config(cfg, box_coder))
+
+    def forward(self, images: ImageList, features: Sequence[torch.Tensor],
+                targets: Optional[List[BoxList]] = None
+                ) -> Tuple[Optional[List[BoxList]], Dict[str, torch.Tensor]]:
+        """images: ``ImageList`` (only its ``image_sizes`` are read); features: list of L
+        ``(N, C, H_l, W_l)``; targets: list of N ``BoxList`` (xyxy, field ``labels``), training only."""
         box_cls, box_regression, centerness = self.head(features)
-        anchors = self.anchor_generator(images, features)
+        anchors = self.anchor_generator(features)
         if self.training:
-            return self._forward_train(box_cls, box_regression, centerness, targets, anchors)
-        return self._forward_test(box_cls, box_regression, centerness, anchors)
-
-    def _forward_train(self, box_cls, box_regression, centerness, targets, anchors):
-        loss_cls, loss_reg, loss_centerness = self.loss_evaluator(
-            box_cls, box_regression, centerness, targets, anchors)
-        return None, {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_centerness}
-
-    def _forward_test(self, box_cls, box_regression, centerness, anchors):
-        return self.box_selector_test(box_cls, box_regression, centerness, anchors), {}
-
-
-def build_atss(cfg, in_channels):
-    return ATSSModule(cfg, in_channels)
+            loss_cls, loss_reg, loss_centerness = self.loss_evaluator(
+                box_cls, box_regression, centerness, targets, anchors)
+            return None, {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_centerness}
+        return self.box_selector_test(box_cls, box_regression, centerness, anchors, images.image_sizes), {}

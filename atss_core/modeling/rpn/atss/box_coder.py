@@ -33,20 +33,24 @@ class BoxCoder:
     """Encodes GT boxes as regression targets relative to anchors, and decodes predictions back.
 
     Args:
-        cfg: the config; reads ``MODEL.ATSS.REGRESSION_TYPE`` and, for ``POINT``,
-            ``MODEL.ATSS.ANCHOR_SIZES[0] / MODEL.ATSS.ANCHOR_STRIDES[0]``.
+        regression_type: "BOX" or "POINT" (``MODEL.ATSS.REGRESSION_TYPE``).
+        point_scale: POINT targets are in units of (anchor size / point_scale); the original
+            uses ``ANCHOR_SIZES[0] / ANCHOR_STRIDES[0]`` (8 by default).
     """
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.regression_type = cfg.MODEL.ATSS.REGRESSION_TYPE
-        if self.regression_type not in REGRESSION_TYPES:
-            raise ValueError(f"MODEL.ATSS.REGRESSION_TYPE is {self.regression_type!r}; "
+    def __init__(self, regression_type: str = "BOX", point_scale: float = 8.0):
+        if regression_type not in REGRESSION_TYPES:
+            raise ValueError(f"MODEL.ATSS.REGRESSION_TYPE is {regression_type!r}; "
                              f"set it to one of {REGRESSION_TYPES}")
-        # POINT targets are expressed in units of (anchor size / this factor), i.e. of strides.
-        self.point_scale = cfg.MODEL.ATSS.ANCHOR_SIZES[0] / cfg.MODEL.ATSS.ANCHOR_STRIDES[0]
+        self.regression_type = regression_type
+        self.point_scale = point_scale
 
-    def encode(self, gt_boxes, anchors):
+    @classmethod
+    def from_config(cls, cfg) -> "BoxCoder":
+        atss = cfg.MODEL.ATSS
+        return cls(atss.REGRESSION_TYPE, atss.ANCHOR_SIZES[0] / atss.ANCHOR_STRIDES[0])
+
+    def encode(self, gt_boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Regression targets of ``gt_boxes`` (N, 4) xyxy w.r.t. ``anchors`` (N, 4) xyxy.
 
         Returns (N, 4): ``(dx, dy, dw, dh)`` for BOX, ``(l, t, r, b)`` for POINT.
@@ -66,7 +70,7 @@ class BoxCoder:
                             ww * torch.log(gt_w / anchor_w),
                             wh * torch.log(gt_h / anchor_h)], dim=1)
 
-    def decode(self, preds, anchors):
+    def decode(self, preds: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Boxes (N, 4) xyxy from regression outputs ``preds`` (N, 4) relative to ``anchors`` (N, 4).
 
         The result has ``preds``' dtype (anchors are cast to it, as in the original).

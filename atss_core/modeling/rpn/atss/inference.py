@@ -9,13 +9,18 @@ class-aware NMS, and the ``fpn_post_nms_top_n`` best detections over all classes
 Everything is batched over images and levels: one thresholding pass per level, then a single
 ranking, decode, NMS (grouped by image and class) and per-image cap for the whole batch.
 """
+from typing import List, Sequence, Tuple
+
 import torch
 
 from atss_core.layers import ml_nms
 from atss_core.structures.bounding_box import BoxList
+from .box_coder import BoxCoder
 from ..utils import flatten_like_anchors
 
-__all__ = ["ATSSPostProcessor", "make_atss_postprocessor"]
+from atss_core.modeling.original_api import make_atss_postprocessor  # noqa: F401 (original API import path)
+
+__all__ = ["ATSSPostProcessor"]
 
 
 def _rank_within_groups(values, groups):
@@ -70,18 +75,19 @@ class _Detections:
 class ATSSPostProcessor(torch.nn.Module):
     """Detections from ATSS head outputs; see the module docstring for the steps.
 
-    forward(box_cls, box_regression, centerness, anchors):
+    forward(box_cls, box_regression, centerness, anchors, image_sizes):
         box_cls: list of L ``(N, A*C, H_l, W_l)`` logits; box_regression: list of L
         ``(N, A*4, H_l, W_l)``; centerness: list of L ``(N, A, H_l, W_l)`` logits;
-        anchors: ``anchors[image][level]`` BoxList ``(H_l*W_l*A, 4)`` whose ``size`` is the
-        unpadded image (W, H).
-    Returns a list of N BoxList (xyxy) with fields ``labels`` (int64, 1..C) and ``scores``, in
+        anchors: list of L ``(H_l*W_l*A, 4)`` xyxy, shared by the images; image_sizes: N unpadded
+        (H, W), as ``ImageList.image_sizes``.
+    Returns a list of N BoxList (xyxy, size (W, H)) with fields ``labels`` (int64, 1..C) and ``scores``, in
     descending score order. With ``bbox_aug_enabled`` and not ``bbox_aug_vote`` (test-time
     augmentation merges first) the candidates before NMS are returned instead.
     """
 
-    def __init__(self, pre_nms_thresh, pre_nms_top_n, nms_thresh, fpn_post_nms_top_n, min_size,
-                 num_classes, box_coder, bbox_aug_enabled=False, bbox_aug_vote=False):
+    def __init__(self, pre_nms_thresh: float, pre_nms_top_n: int, nms_thresh: float, fpn_post_nms_top_n: int,
+                 min_size: float, num_classes: int, box_coder: BoxCoder, bbox_aug_enabled: bool = False,
+                 bbox_aug_vote: bool = False):
         super().__init__()
         self.pre_nms_thresh = pre_nms_thresh
         self.pre_nms_top_n = pre_nms_top_n
@@ -93,12 +99,24 @@ class ATSSPostProcessor(torch.nn.Module):
         self.bbox_aug_enabled = bbox_aug_enabled
         self.bbox_aug_vote = bbox_aug_vote
 
-    def _candidates(self, box_cls, box_regression, centerness, anchors):
-        """Thresholded, per-(image, level) top-k, decoded, clipped and size-filtered candidates.
+    @classmethod
+    def from_config(cls, cfg, box_coder: BoxCoder) -> "ATSSPostProcessor":
+        return cls(
+            pre_nms_thresh=cfg.MODEL.ATSS.INFERENCE_TH,
+            pre_nms_top_n=cfg.MODEL.ATSS.PRE_NMS_TOP_N,
+            nms_thresh=cfg.MODEL.ATSS.NMS_TH,
+            fpn_post_nms_top_n=cfg.TEST.DETECTIONS_PER_IMG,
+            min_size=0,
+            num_classes=cfg.MODEL.ATSS.NUM_CLASSES,
+            box_coder=box_coder,
+            bbox_aug_enabled=cfg.TEST.BBOX_AUG.ENABLED,
+            bbox_aug_vote=cfg.TEST.BBOX_AUG.VOTE,
+        )
 
-        Returns the candidates (scores already square-rooted) and the images' (W, H) sizes.
-        """
-        anchors_per_image = sum(a.bbox.size(0) for a in anchors[0])
+    def _candidates(self, box_cls, box_regression, centerness, anchors, image_sizes):
+        """Thresholded, per-(image, level) top-k, decoded, clipped and size-filtered candidates
+        (scores already square-rooted)."""
+        anchors_per_image = sum(len(level) for level in anchors)
         # Candidates are addressed by "row", an index into the (N * anchors_per_image) anchors of
         # the whole batch, all levels concatenated; 1-D gathers keep the indexing cheap.
         rows, labels, scores, levels = [], [], [], []
@@ -124,26 +142,22 @@ class ATSSPostProcessor(torch.nn.Module):
 
         # Gather regressions and anchors of the survivors only, then decode them in one call.
         regression = torch.cat([flatten_like_anchors(r, 4) for r in box_regression], dim=1).view(-1, 4)
-        anchor_boxes = torch.cat([a.bbox for per_image in anchors for a in per_image])
-        boxes = self.box_coder.decode(regression[row], anchor_boxes[row])
+        anchor_boxes = torch.cat(list(anchors))
+        boxes = self.box_coder.decode(regression[row], anchor_boxes[row % anchors_per_image])
 
         # clip_to_image: x to [0, W - 1], y to [0, H - 1] of each unpadded image
-        image_sizes_wh = [per_image[0].size for per_image in anchors]
-        limits = torch.tensor(image_sizes_wh, dtype=boxes.dtype, device=boxes.device) - 1
+        limits = torch.tensor([(int(w), int(h)) for h, w in image_sizes], dtype=boxes.dtype,
+                              device=boxes.device) - 1
         boxes = torch.minimum(boxes.clamp(min=0), limits[image].repeat(1, 2))
         # remove_small_boxes with the legacy "+1" sizes (with min_size 0 it only drops NaN boxes)
         keep = (boxes[:, 2:] - boxes[:, :2] + 1 >= self.min_size).all(dim=1)
-        return _Detections(image, boxes, score.sqrt(), label)[keep], image_sizes_wh
+        return _Detections(image, boxes, score.sqrt(), label)[keep]
 
-    def forward_for_single_feature_map(self, box_cls, box_regression, centerness, anchors):
-        """One level: ``anchors`` is that level's BoxList per image. Returns one BoxList per image
-        (the candidates before NMS)."""
-        candidates, image_sizes_wh = self._candidates(
-            [box_cls], [box_regression], [centerness], [[a] for a in anchors])
-        return candidates.to_boxlists(image_sizes_wh)
-
-    def forward(self, box_cls, box_regression, centerness, anchors):
-        candidates, image_sizes_wh = self._candidates(box_cls, box_regression, centerness, anchors)
+    def forward(self, box_cls: Sequence[torch.Tensor], box_regression: Sequence[torch.Tensor],
+                centerness: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor],
+                image_sizes: Sequence[Tuple[int, int]]) -> List[BoxList]:
+        candidates = self._candidates(box_cls, box_regression, centerness, anchors, image_sizes)
+        image_sizes_wh = [(int(w), int(h)) for h, w in image_sizes]
         if self.bbox_aug_enabled and not self.bbox_aug_vote:
             return candidates.to_boxlists(image_sizes_wh)
         return self.select_over_all_levels(candidates).to_boxlists(image_sizes_wh)
@@ -159,17 +173,3 @@ class ATSSPostProcessor(torch.nn.Module):
         kept = candidates[ml_nms(candidates.boxes, candidates.scores, groups, self.nms_thresh)]
         kept = kept[torch.argsort(kept.scores, descending=True, stable=True)]
         return kept[keep_top_per_group(kept.scores, kept.image, self.fpn_post_nms_top_n)]
-
-
-def make_atss_postprocessor(config, box_coder):
-    return ATSSPostProcessor(
-        pre_nms_thresh=config.MODEL.ATSS.INFERENCE_TH,
-        pre_nms_top_n=config.MODEL.ATSS.PRE_NMS_TOP_N,
-        nms_thresh=config.MODEL.ATSS.NMS_TH,
-        fpn_post_nms_top_n=config.TEST.DETECTIONS_PER_IMG,
-        min_size=0,
-        num_classes=config.MODEL.ATSS.NUM_CLASSES,
-        box_coder=box_coder,
-        bbox_aug_enabled=config.TEST.BBOX_AUG.ENABLED,
-        bbox_aug_vote=config.TEST.BBOX_AUG.VOTE,
-    )

@@ -11,13 +11,19 @@ Normalisation, as in the original:
 Both all-reduces run on every rank at every iteration, positives or not, so ranks never go out
 of step.
 """
+from typing import List, Sequence, Tuple
+
 import torch
 from torch import nn
 
 from atss_core.layers import SigmoidFocalLoss
+from atss_core.structures.bounding_box import BoxList
 from atss_core.utils.comm import get_world_size, reduce_sum
-from .assigners import build_assigner, box_centres
+from .assigners import Assigner, box_centres, build_assigner
+from .box_coder import BoxCoder
 from ..utils import flatten_like_anchors
+
+from atss_core.modeling.original_api import make_atss_loss_evaluator  # noqa: F401 (original API import path)
 
 # Keeps GIoU finite for degenerate (zero-area) boxes; areas have no "+1" here.
 GIOU_EPS = 1e-7
@@ -27,17 +33,24 @@ class ATSSLossComputation:
     """Computes the three ATSS losses for a batch.
 
     Args:
-        cfg: the config (``MODEL.ATSS`` loss and assignment options).
         box_coder: the ``BoxCoder`` shared with the head's post-processor.
+        assigner: picks the positive anchors (``assigners.py``).
+        focal_gamma, focal_alpha: focal-loss parameters (``MODEL.ATSS.LOSS_GAMMA`` / ``LOSS_ALPHA``).
+        reg_loss_weight: factor of the GIoU loss (``MODEL.ATSS.REG_LOSS_WEIGHT``).
     """
 
-    def __init__(self, cfg, box_coder):
-        self.cfg = cfg
-        self.cls_loss_func = SigmoidFocalLoss(cfg.MODEL.ATSS.LOSS_GAMMA, cfg.MODEL.ATSS.LOSS_ALPHA)
+    def __init__(self, box_coder: BoxCoder, assigner: Assigner, focal_gamma: float = 2.0,
+                 focal_alpha: float = 0.25, reg_loss_weight: float = 2.0):
+        self.cls_loss_func = SigmoidFocalLoss(focal_gamma, focal_alpha)
         self.centerness_loss_func = nn.BCEWithLogitsLoss(reduction="sum")
-        self.assigner = build_assigner(cfg)
+        self.assigner = assigner
         self.box_coder = box_coder
-        self.reg_loss_weight = cfg.MODEL.ATSS.REG_LOSS_WEIGHT
+        self.reg_loss_weight = reg_loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, box_coder: BoxCoder) -> "ATSSLossComputation":
+        atss = cfg.MODEL.ATSS
+        return cls(box_coder, build_assigner(cfg), atss.LOSS_GAMMA, atss.LOSS_ALPHA, atss.REG_LOSS_WEIGHT)
 
     def GIoULoss(self, pred, target, anchor, weight=None):
         """Summed GIoU loss between decoded predictions and decoded targets.
@@ -72,13 +85,14 @@ class ATSSLossComputation:
             return (losses * weight).sum()
         return losses.sum()
 
-    def prepare_targets(self, targets, anchors):
+    def prepare_targets(self, targets: Sequence[BoxList], anchors: Sequence[torch.Tensor]
+                        ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Per-anchor classification labels and regression targets for every image.
 
         Args:
-            targets: list over images of ``BoxList`` with field "labels" (int64, 1..C); size =
-                the image's unpadded (width, height).
-            anchors: ``anchors[image][level]`` BoxLists from the anchor generator.
+            targets: list over images of ``BoxList`` with field "labels" (int64, 1..C).
+            anchors: list over levels of (N_l, 4) xyxy, shared by the images (the anchor
+                generator's output); N = sum of N_l.
 
         Returns:
             labels: list over images of (N,) int64 (0 background, 1..C, -1 ignored);
@@ -86,16 +100,13 @@ class ATSSLossComputation:
             other anchors the anchor itself is encoded; those rows are never used).
         """
         labels, reg_targets = [], []
-        for targets_per_image, anchors_per_image in zip(targets, anchors):
-            if tuple(targets_per_image.size) != tuple(anchors_per_image[0].size):
-                raise ValueError(f"target BoxList size {tuple(targets_per_image.size)} differs from the "
-                                 f"image's unpadded (width, height) {tuple(anchors_per_image[0].size)}; "
-                                 "build targets with the unpadded image size")
+        anchor_boxes = torch.cat(list(anchors), dim=0)
+        num_anchors_per_level = [len(level) for level in anchors]
+        for targets_per_image in targets:
             targets_per_image = targets_per_image.convert("xyxy")
             gt_boxes = targets_per_image.bbox
-            anchor_boxes = torch.cat([level.bbox for level in anchors_per_image], dim=0)
             result = self.assigner(anchor_boxes, gt_boxes, targets_per_image.get_field("labels"),
-                                   [len(level) for level in anchors_per_image])
+                                   num_anchors_per_level)
             matched_boxes = anchor_boxes
             if len(gt_boxes):
                 matched = result.matched_gt_inds
@@ -119,7 +130,9 @@ class ATSSLossComputation:
                                 * (torch.min(top, bottom) / torch.max(top, bottom)))
         return centerness
 
-    def __call__(self, box_cls, box_regression, centerness, targets, anchors):
+    def __call__(self, box_cls: Sequence[torch.Tensor], box_regression: Sequence[torch.Tensor],
+                 centerness: Sequence[torch.Tensor], targets: Sequence[BoxList], anchors: Sequence[torch.Tensor]
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The three losses for a batch of N images.
 
         Args:
@@ -127,7 +140,7 @@ class ATSSLossComputation:
             box_regression: list over levels of (N, A*4, H, W).
             centerness: list over levels of (N, A, H, W) logits.
             targets: list of N ``BoxList`` with field "labels".
-            anchors: ``anchors[image][level]`` BoxLists.
+            anchors: list over levels of (H*W*A, 4), shared by the images.
 
         Returns:
             (loss_cls, loss_reg, loss_centerness): 0-dim tensors; loss_reg includes
@@ -149,7 +162,7 @@ class ATSSLossComputation:
         centerness_flat = torch.cat([flatten_like_anchors(x, 1) for x in centerness], dim=1).reshape(-1)
         labels_flat = torch.cat(labels, dim=0)
         reg_targets_flat = torch.cat(reg_targets, dim=0)
-        anchors_flat = torch.cat([level.bbox for anchors_per_image in anchors for level in anchors_per_image])
+        anchor_boxes = torch.cat(list(anchors), dim=0)
 
         world_size = get_world_size()
         positive = labels_flat > 0
@@ -159,7 +172,8 @@ class ATSSLossComputation:
 
         regression_pos = regression_flat[positive]
         reg_targets_pos = reg_targets_flat[positive]
-        anchors_pos = anchors_flat[positive]
+        # the anchors of the positive rows, in positive's (row-major) order
+        anchors_pos = anchor_boxes[positive.view(len(targets), -1).nonzero(as_tuple=True)[1]]
         centerness_pos = centerness_flat[positive]
         centerness_targets = self.compute_centerness_targets(reg_targets_pos, anchors_pos)
         centerness_sum_avg_per_gpu = reduce_sum(centerness_targets.sum()) / world_size
@@ -174,8 +188,3 @@ class ATSSLossComputation:
             reg_loss = regression_pos.sum()
             centerness_loss = centerness_pos.sum()
         return cls_loss, reg_loss * self.reg_loss_weight, centerness_loss
-
-
-def make_atss_loss_evaluator(cfg, box_coder):
-    """The ``ATSSLossComputation`` for ``cfg`` (called by ``ATSSModule``)."""
-    return ATSSLossComputation(cfg, box_coder)
