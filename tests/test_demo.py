@@ -190,7 +190,10 @@ def test_per_class_thresholds_and_single_threshold(tiny_model):
 
 
 def test_coco_model_uses_tuned_thresholds_and_coco_names(tmp_path):
-    cfg = tiny_config(tmp_path, num_classes=81)  # no weights: the head is irrelevant here
+    cfg = tiny_config(tmp_path, num_classes=81)
+    weights = tmp_path / "coco_model.pth"  # untrained: the head is irrelevant here
+    torch.save({"model": build_detection_model(cfg).state_dict()}, weights)
+    cfg.MODEL.WEIGHT = str(weights)
     demo = COCODemo(cfg)
     assert len(demo.class_names) == 81
     assert (demo.class_names[1], demo.class_names[11], demo.class_names[80]) == (
