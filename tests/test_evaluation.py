@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -143,6 +144,36 @@ def test_coco_evaluation_equals_pycocotools(coco_split, tmp_path):
         assert ours_r["score"] == pytest.approx(exp_r["score"], abs=1e-6)
     assert {r["category_id"] for r in written} == set(JSON_CATEGORY_IDS)
     assert json.loads((out / "coco_results.json").read_text()) == results.as_dict()
+
+
+def test_coco_report_has_recall_and_per_class_ap_by_name(coco_split, tmp_path, caplog):
+    """Oracles: COCOeval's own AR stats, and COCOeval restricted to one category for that
+    class's AP; the log shows both tables and the f-measure thresholds by class name."""
+    ann_file, dataset, gt = coco_split
+    predictions, expected = _predictions_and_expected(dataset, gt)
+    with caplog.at_level(logging.INFO, logger="atss_core.inference"):
+        results, _ = do_coco_evaluation(dataset, predictions, False, str(tmp_path), ("bbox",), (), 4)
+
+    coco_gt = COCO(str(ann_file))
+    full = COCOeval(coco_gt, coco_gt.loadRes(expected), "bbox")
+    full.evaluate(), full.accumulate(), full.summarize()
+    written = json.loads((tmp_path / "coco_results.json").read_text())["bbox"]
+    for index, name in enumerate(("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")):
+        assert written[name] == pytest.approx(full.stats[6 + index], abs=1e-9)
+    per_class = {}
+    for category in JSON_CATEGORY_IDS:
+        single = COCOeval(coco_gt, coco_gt.loadRes(expected), "bbox")
+        single.params.catIds = [category]
+        single.evaluate(), single.accumulate(), single.summarize()
+        per_class[f"class{category}"] = single.stats[0]
+        assert written[f"AP-class{category}"] == pytest.approx(single.stats[0], abs=1e-9)
+    assert len(set(per_class.values())) > 1  # the classes differ, so a mix-up would show
+
+    log = caplog.text
+    assert "AP50" in log and "AR100" in log and "ARl" in log
+    for name, ap in per_class.items():  # per-class table rows: name, then AP to 3 decimals
+        assert re.search(rf"^{name} +{ap:.3f}$", log, re.MULTILINE), name
+        assert re.search(rf"^{name} +\d\.\d{{3}} +\d\.\d{{3}}$", log, re.MULTILINE)  # f-measure row
 
 
 def test_coco_category_mapping_and_bad_label(coco_split):

@@ -19,6 +19,8 @@ __all__ = [
     "compute_thresholds_for_classes",
     "do_coco_evaluation",
     "evaluate_predictions_on_coco",
+    "format_table",
+    "per_class_ap",
     "prepare_for_coco_detection",
 ]
 
@@ -30,7 +32,8 @@ def do_coco_evaluation(dataset, predictions, box_only, output_folder, iou_types,
     """Score ``predictions`` (list of BoxList, one per dataset index) against ``dataset.coco``.
 
     Writes ``<iou_type>.json`` (the detections in COCO result format) and ``coco_results.json``
-    (the metrics as a plain dict) into ``output_folder`` when one is given.
+    (the metrics as a plain dict: AP, AR and per-class AP, see ``COCOResults.as_dict``) into
+    ``output_folder`` when one is given.
 
     Returns ``(COCOResults, {iou_type: list of result dicts})``. When the split has no
     annotations (e.g. test-dev) the result file is still written, scoring is skipped and every
@@ -60,7 +63,7 @@ def do_coco_evaluation(dataset, predictions, box_only, output_folder, iou_types,
         logger.info("Evaluating %s predictions", iou_type)
         results.update(evaluate_predictions_on_coco(dataset.coco, coco_results[iou_type], result_file, iou_type))
     if has_annotations:
-        logger.info(results)
+        logger.info("Evaluation results:\n%s", results.report())
         check_expected_results(results, expected_results, expected_results_sigma_tol)
         if output_folder:
             with open(os.path.join(output_folder, "coco_results.json"), "w") as f:
@@ -131,11 +134,30 @@ def evaluate_predictions_on_coco(coco_gt, coco_results, json_result_file=None, i
     return coco_eval
 
 
+def _category_names(coco_eval):
+    """Names of the categories along COCOeval's K axis (``params.catIds`` order)."""
+    return [category["name"] for category in coco_eval.cocoGt.loadCats(coco_eval.params.catIds)]
+
+
+def format_table(header, rows):
+    """Plain-text table: ``header`` (list of str) over ``rows`` (lists of str or float, floats
+    printed with 3 decimals), columns right-aligned except the first."""
+    cells = [list(header)] + [[f"{cell:.3f}" if isinstance(cell, float) else str(cell) for cell in row]
+                              for row in rows]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                       for column, (cell, width) in enumerate(zip(row, widths))).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
 def compute_thresholds_for_classes(coco_eval):
     """Per class, the score threshold with the best F-measure at IoU 0.5 (all areas, 100 dets).
 
-    Logged for the demo's per-class visualisation thresholds. Returns ``(max_f_measure,
-    thresholds)``, two arrays of length K (number of classes).
+    Logged, as a table by category name, for the demo's per-class visualisation thresholds.
+    Returns ``(max_f_measure, thresholds)``, two arrays of length K (number of classes, in
+    ``coco_eval.params.catIds`` order).
     """
     # eval["precision"] and eval["scores"] are (T IoUs, R recall points, K classes, A areas, M maxDets)
     precision = coco_eval.eval["precision"][0, :, :, 0, -1]
@@ -145,15 +167,32 @@ def compute_thresholds_for_classes(coco_eval):
     best = f_measure.argmax(axis=0)
     max_f_measure = f_measure[best, np.arange(f_measure.shape[1])]
     thresholds = scores[best, np.arange(scores.shape[1])]
-    logger.info("Maximum f-measures for classes:\n%s", max_f_measure.tolist())
-    logger.info("Score thresholds for classes (used in demos for visualization purposes):\n%s", thresholds.tolist())
+    rows = [[name, float(f), float(t)]
+            for name, f, t in zip(_category_names(coco_eval), max_f_measure, thresholds)]
+    logger.info("Maximum f-measures for classes and their score thresholds (used in demos for "
+                "visualization purposes):\n%s",
+                format_table(["category", "max F-measure", "score threshold"], rows))
     return max_f_measure, thresholds
 
 
+def per_class_ap(coco_eval):
+    """``{category name: AP}`` (AP at IoU 0.50:0.95, all areas, 100 detections), -1 for a class
+    without ground truth, in ``params.catIds`` order."""
+    precision = coco_eval.eval["precision"][:, :, :, 0, -1]  # (T IoUs, R recall points, K classes)
+    valid = precision > -1
+    counts = valid.sum(axis=(0, 1))
+    sums = np.where(valid, precision, 0).sum(axis=(0, 1))
+    ap = np.where(counts > 0, sums / np.maximum(counts, 1), -1)
+    return OrderedDict(zip(_category_names(coco_eval), ap.tolist()))
+
+
 class COCOResults:
-    """The summary metrics of an evaluation: ``results[iou_type][metric]``, -1 until scored."""
+    """The metrics of an evaluation, -1 until scored: ``results[iou_type][metric]`` (AP, AP50,
+    AP75, APs/m/l), ``recall[iou_type][metric]`` (AR1, AR10, AR100, ARs/m/l) and
+    ``per_class[iou_type][category name]`` (AP)."""
 
     METRICS = {"bbox": ["AP", "AP50", "AP75", "APs", "APm", "APl"]}
+    RECALL_METRICS = ["AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]  # COCOeval.stats[6:12]
 
     def __init__(self, *iou_types):
         unknown = [t for t in iou_types if t not in self.METRICS]
@@ -162,18 +201,42 @@ class COCOResults:
         self.results = OrderedDict(
             (iou_type, OrderedDict((metric, -1) for metric in self.METRICS[iou_type])) for iou_type in iou_types
         )
+        self.recall = OrderedDict(
+            (iou_type, OrderedDict((metric, -1) for metric in self.RECALL_METRICS)) for iou_type in iou_types
+        )
+        self.per_class = OrderedDict((iou_type, OrderedDict()) for iou_type in iou_types)
 
     def update(self, coco_eval):
-        """Copy the leading ``COCOeval.stats`` entries into this iou type's metrics."""
+        """Copy ``COCOeval.stats`` and the per-class AP into this iou type's metrics."""
         if coco_eval is None:
             return
-        metrics = self.results[coco_eval.params.iouType]
+        iou_type = coco_eval.params.iouType
+        metrics = self.results[iou_type]
         for metric, value in zip(list(metrics), coco_eval.stats):
             metrics[metric] = float(value)
+        recall = self.recall[iou_type]
+        for metric, value in zip(self.RECALL_METRICS, coco_eval.stats[len(metrics):]):
+            recall[metric] = float(value)
+        self.per_class[iou_type] = per_class_ap(coco_eval)
 
     def as_dict(self):
-        """Plain nested dict (json-serialisable)."""
-        return {iou_type: dict(metrics) for iou_type, metrics in self.results.items()}
+        """Plain nested dict (json-serialisable): per iou type the AP metrics, the AR metrics
+        and ``AP-<category name>`` per class."""
+        return {iou_type: {**metrics, **self.recall[iou_type],
+                           **{f"AP-{name}": ap for name, ap in self.per_class[iou_type].items()}}
+                for iou_type, metrics in self.results.items()}
+
+    def report(self):
+        """Readable tables: AP and AR metrics, then AP per category."""
+        tables = []
+        for iou_type, metrics in self.results.items():
+            recall = self.recall[iou_type]
+            tables.append(format_table(["", *metrics], [[iou_type, *metrics.values()]]))
+            tables.append(format_table(["", *recall], [[iou_type, *recall.values()]]))
+            if self.per_class[iou_type]:
+                tables.append(format_table(["category", f"{iou_type} AP"],
+                                           [[name, ap] for name, ap in self.per_class[iou_type].items()]))
+        return "\n\n".join(tables)
 
     def __repr__(self):
         return repr(self.results)
