@@ -16,6 +16,8 @@ from atss_core.config import cfg as default_cfg
 from atss_core.engine.trainer import do_train
 from atss_core.solver import make_grad_scaler, make_lr_scheduler, make_optimizer
 from atss_core.utils.checkpoint import Checkpointer
+from atss_core.utils.checkpoint_retention import remove_old_periodic_checkpoints
+from atss_core.utils.events import MetricsWriter, read_metrics
 from atss_core.utils.metric_logger import MetricLogger, SmoothedValue
 from conftest import DEVICES, REPO_ROOT
 
@@ -119,38 +121,77 @@ def _trainer_parts(cfg, save_dir, seed):
     return model, optimizer, scheduler, scaler, checkpointer
 
 
-def _train(cfg, save_dir, loader, seed=0, checkpoint_period=3):
+class HeldOutEvaluator:
+    """Stand-in for the periodic COCO evaluation: "bbox/AP" is minus the loss on held-out
+    batches (higher is better), computed in eval mode. Each call records whether the model
+    was in train mode when called (nothing but do_train puts it back after an evaluation)."""
+
+    def __init__(self):
+        self.was_training = []
+
+    def __call__(self, model):
+        self.was_training.append(model.training)
+        model.eval()
+        with torch.no_grad():
+            loss = sum(sum(model(images, [t.to(images.device) for t in targets]).values())
+                       for images, targets, _ in SyntheticLoader(1003, start_iter=1000))
+        return {"bbox/AP": -loss.item(), "bbox/AP-circle": -loss.item() / 2}
+
+
+def _train(cfg, save_dir, loader, seed=0, checkpoint_period=3, observed=False, evaluator=None):
+    """``observed``: with metrics.json, evaluation every 2 iterations (``evaluator``), a log
+    row every 2 iterations and only the newest periodic checkpoint kept."""
     model, optimizer, scheduler, scaler, checkpointer = _trainer_parts(cfg, save_dir, seed)
     arguments = {"iteration": 0}
     arguments.update(checkpointer.load())
     loader.start_iter = arguments["iteration"]
     dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[
         cfg.get("DTYPE", "float32")]
-    do_train(model, loader, optimizer, scheduler, checkpointer, torch.device(cfg.MODEL.DEVICE),
-             checkpoint_period, arguments, scaler=scaler, autocast_dtype=dtype)
+    options = {}
+    if observed:
+        options = dict(log_period=2, eval_period=2, checkpoint_keep=1,
+                       evaluator=evaluator or HeldOutEvaluator(),
+                       metrics_writer=MetricsWriter(str(save_dir), arguments["iteration"],
+                                                    tensorboard=False))
+    try:
+        do_train(model, loader, optimizer, scheduler, checkpointer,
+                 torch.device(cfg.MODEL.DEVICE), checkpoint_period, arguments, scaler=scaler,
+                 autocast_dtype=dtype, **options)
+    finally:
+        if observed:
+            options["metrics_writer"].close()
     return model, optimizer, scheduler, scaler, arguments
 
 
+@pytest.mark.parametrize("observed", [False, True], ids=["plain", "observed"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_resume_is_exact(dtype, device, tmp_path):
-    """Bit for bit on CPU; on CUDA up to the non-determinism of some GPU kernels."""
+def test_resume_is_exact(dtype, device, observed, tmp_path):
+    """Bit for bit on CPU; on CUDA up to the non-determinism of some GPU kernels. "observed"
+    adds metrics.json, evaluation with model_best and CHECKPOINT_KEEP, which must not change
+    the result, write each iteration's rows once, and keep the newest checkpoint only."""
     same = torch.equal if device == "cpu" else (
         lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-7))
     cfg = _config(dtype, device)
     max_iter = 7
-    full = _train(cfg, tmp_path / "full", SyntheticLoader(max_iter))
+    full_evaluator = HeldOutEvaluator()
+    full = _train(cfg, tmp_path / "full", SyntheticLoader(max_iter), observed=observed,
+                  evaluator=full_evaluator)
 
-    # Killed after iteration 4 (last checkpoint at 3), then restarted from scratch
-    # (different initial weights, to show everything comes from the checkpoint).
+    # Killed after iteration 4 (last checkpoint at 3, or model_best at 4), then restarted
+    # from scratch (different initial weights, to show everything comes from the checkpoint).
     with pytest.raises(_Interrupted):
-        _train(cfg, tmp_path / "resumed", SyntheticLoader(max_iter, crash_after=4))
-    assert (tmp_path / "resumed" / "last_checkpoint").read_text().endswith("model_0000003.pth")
-    resumed = _train(cfg, tmp_path / "resumed", SyntheticLoader(max_iter), seed=1)
+        _train(cfg, tmp_path / "resumed", SyntheticLoader(max_iter, crash_after=4),
+               observed=observed)
+    last_saved = (tmp_path / "resumed" / "last_checkpoint").read_text()
+    assert last_saved.endswith("model_0000003.pth" if not observed else ".pth")
+    resumed = _train(cfg, tmp_path / "resumed", SyntheticLoader(max_iter), seed=1,
+                     observed=observed)
 
     (model_a, optimizer_a, scheduler_a, scaler_a, arguments_a) = full
     (model_b, optimizer_b, scheduler_b, scaler_b, arguments_b) = resumed
-    assert arguments_a == arguments_b == {"iteration": max_iter}
+    assert arguments_a == arguments_b
+    assert arguments_a["iteration"] == max_iter
     for (name, param_a), param_b in zip(model_a.named_parameters(), model_b.parameters()):
         assert same(param_a, param_b), name
     for state_a, state_b in zip(optimizer_a.state.values(), optimizer_b.state.values()):
@@ -162,14 +203,43 @@ def test_resume_is_exact(dtype, device, tmp_path):
     # The lr went through warm-up and the step at 4: 0.05 * 0.1 for weights at the end.
     assert optimizer_b.param_groups[0]["lr"] == pytest.approx(0.005)
     files = sorted(path.name for path in (tmp_path / "full").iterdir())
-    assert files == ["last_checkpoint", "model_0000003.pth", "model_0000006.pth",
-                     "model_final.pth"]
     final = torch.load(tmp_path / "full" / "model_final.pth", weights_only=True)
     assert final["iteration"] == max_iter
     if dtype == "float16":
         assert final["scaler"]["scale"] == scaler_a.get_scale()
     else:
         assert "scaler" not in final
+    if not observed:
+        assert arguments_a == {"iteration": max_iter}
+        assert files == ["last_checkpoint", "model_0000003.pth", "model_0000006.pth",
+                         "model_final.pth"]
+        return
+
+    assert files == ["last_checkpoint", "metrics.json", "model_0000006.pth", "model_best.pth",
+                     "model_final.pth"]
+    assert full_evaluator.was_training == [True] * 4  # evaluated at 2, 4, 6, 7; train mode after
+    assert model_a.training and model_b.training
+    rows = {run: read_metrics(tmp_path / run / "metrics.json") for run in ("full", "resumed")}
+    for run_rows in rows.values():
+        train_rows = [row for row in run_rows if "loss" in row]
+        eval_rows = [row for row in run_rows if "bbox/AP" in row]
+        assert [row["iteration"] for row in train_rows] == [2, 4, 6, 7]
+        assert [row["iteration"] for row in eval_rows] == [2, 4, 6, 7]
+        assert all(set(row) == {"iteration", "loss", "loss_cls", "loss_reg", "lr", "time",
+                                "data_time"} for row in train_rows)
+    # The evaluations see the same weights; the lr of each logged iteration is exact.
+    assert ([(r["iteration"], r.get("bbox/AP"), r.get("lr")) for r in rows["full"]]
+            == [(r["iteration"], r.get("bbox/AP"), r.get("lr")) for r in rows["resumed"]])
+
+    # model_best holds the best evaluation's weights, value and iteration.
+    eval_rows = [row for row in rows["full"] if "bbox/AP" in row]
+    best_row = max(eval_rows, key=lambda row: row["bbox/AP"])
+    best = torch.load(tmp_path / "full" / "model_best.pth", weights_only=True)
+    assert (best["best_bbox_AP"], best["best_iteration"]) == (best_row["bbox/AP"],
+                                                              best_row["iteration"])
+    assert best["iteration"] == best_row["iteration"]
+    model_a.load_state_dict(best["model"])
+    assert HeldOutEvaluator()(model_a)["bbox/AP"] == best_row["bbox/AP"]
 
 
 def test_training_reduces_the_loss(tmp_path):
@@ -417,3 +487,34 @@ def test_only_rank_0_writes_config_and_collects_the_env_report(tmp_path, monkeyp
         train_net.main(["--config-file", str(config), "OUTPUT_DIR", str(tmp_path / "out")])
     assert (tmp_path / "out" / "config.yml").exists() == main_process
     assert len(env_reports) == int(main_process)
+
+
+def test_checkpoint_keep_spares_final_best_and_the_resume_file(tmp_path):
+    names = ["model_0000010.pth", "model_0000020.pth", "model_0000030.pth", "model_0000040.pth",
+             "model_final.pth", "model_best.pth", "model_0000050.pth.123.tmp", "notes.txt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    # last_checkpoint names an older periodic file (e.g. the newer ones were copied in).
+    removed = remove_old_periodic_checkpoints(str(tmp_path), 2, str(tmp_path / "model_0000010.pth"))
+    assert removed == ["model_0000020.pth"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        set(names) - {"model_0000020.pth"})
+    assert remove_old_periodic_checkpoints(str(tmp_path), 0) == []  # 0 keeps all
+
+
+def test_metrics_writer_drops_rows_after_the_resume_point_and_never_repeats_one(tmp_path):
+    writer = MetricsWriter(str(tmp_path), 0, tensorboard=False)
+    for iteration in (5, 10, 15):
+        writer.write(iteration, {"loss": iteration / 10})
+    writer.write(10, {"bbox/AP": 0.25})
+    writer.close()
+    with open(tmp_path / "metrics.json", "a") as stream:
+        stream.write('{"iteration": 20, "lo')  # killed while writing
+    writer = MetricsWriter(str(tmp_path), 10, tensorboard=False)  # resumed from iteration 10
+    writer.write(15, {"loss": 1.25})
+    writer.write(10, {"bbox/AP": 0.5})  # the same evaluation again: not written twice
+    writer.close()
+    assert read_metrics(tmp_path / "metrics.json") == [
+        {"iteration": 5, "loss": 0.5}, {"iteration": 10, "loss": 1.0},
+        {"iteration": 10, "bbox/AP": 0.25}, {"iteration": 15, "loss": 1.25}]
+    assert all(line.endswith("}") for line in (tmp_path / "metrics.json").read_text().splitlines())

@@ -30,6 +30,7 @@ from atss_core.data.build import check_test_datasets
 from atss_core.data.errors import one_line_message
 from atss_core.engine.launch import (check_batch_divides, init_distributed, load_config,
                                      parse_command_line, run_test, stop_on_dist_timeout)
+from atss_core.engine.periodic_eval import PeriodicEvaluator, evaluation_metrics
 from atss_core.engine.trainer import do_train
 from atss_core.modeling.detector import build_detection_model
 from atss_core.solver import (make_grad_scaler, make_lr_scheduler, make_optimizer,
@@ -38,6 +39,7 @@ from atss_core.utils.checkpoint import (DetectronCheckpointer, DiskFullError, Ou
                                         lock_output_dir, remove_partial_files)
 from atss_core.utils.collect_env import collect_env_info
 from atss_core.utils.comm import get_rank, is_main_process
+from atss_core.utils.events import MetricsWriter
 from atss_core.utils.logger import setup_logger
 from atss_core.utils.miscellaneous import mkdir, save_config, seed_all_rng
 
@@ -71,7 +73,11 @@ def check_solver_settings(cfg):
 def train(cfg, local_rank, distributed, resume=True):
     """Build model, optimizer and data, restore any checkpoint (OUTPUT_DIR/last_checkpoint
     unless ``resume`` is False), and run the iterations. A checkpoint at or past MAX_ITER is
-    evaluated without training (logged)."""
+    evaluated without training (logged).
+
+    Returns the model and whether it was evaluated after its last iteration already
+    (TEST.EVAL_PERIOD > 0), which makes the end-of-training evaluation unnecessary.
+    """
     logger = logging.getLogger("atss_core.trainer")
     device = torch.device(cfg.MODEL.DEVICE)
     if cfg.MODEL.USE_SYNCBN and distributed and device.type == "cpu":
@@ -113,7 +119,7 @@ def train(cfg, local_rank, distributed, resume=True):
         logger.warning("The checkpoint in %s is at iteration %d, SOLVER.MAX_ITER is %d: nothing left to "
                        "train, going on to evaluation (raise SOLVER.MAX_ITER to train longer, or pass "
                        "--no-resume to start over)", cfg.OUTPUT_DIR, arguments["iteration"], cfg.SOLVER.MAX_ITER)
-        return model
+        return model, False
 
     autocast_dtype = resolve_autocast_dtype(cfg)
     if autocast_dtype is torch.float16 and device.type == "cpu":
@@ -121,9 +127,31 @@ def train(cfg, local_rank, distributed, resume=True):
                        "kernels); DTYPE bfloat16 gives the same mixed-precision savings")
     data_loader = make_data_loader(cfg, is_train=True, is_distributed=distributed,
                                    start_iter=arguments["iteration"])
-    do_train(model, data_loader, optimizer, scheduler, checkpointer, device,
-             cfg.SOLVER.CHECKPOINT_PERIOD, arguments, scaler=scaler, autocast_dtype=autocast_dtype)
-    return model
+    start_iter = arguments["iteration"]
+    metrics_writer = (MetricsWriter(cfg.OUTPUT_DIR, start_iter)
+                      if cfg.OUTPUT_DIR and is_main_process() else None)
+    evaluator = PeriodicEvaluator(cfg, distributed) if cfg.TEST.EVAL_PERIOD > 0 else None
+    try:
+        do_train(model, data_loader, optimizer, scheduler, checkpointer, device,
+                 cfg.SOLVER.CHECKPOINT_PERIOD, arguments, scaler=scaler,
+                 autocast_dtype=autocast_dtype, log_period=cfg.SOLVER.LOG_PERIOD,
+                 metrics_writer=metrics_writer, evaluator=evaluator,
+                 eval_period=cfg.TEST.EVAL_PERIOD, checkpoint_keep=cfg.SOLVER.CHECKPOINT_KEEP)
+    finally:
+        if metrics_writer is not None:
+            metrics_writer.close()
+    return model, evaluator is not None and arguments["iteration"] > start_iter
+
+
+def record_test_metrics(cfg, results):
+    """Add the end-of-training evaluation to metrics.json and TensorBoard (main process)."""
+    if not cfg.OUTPUT_DIR or not is_main_process():
+        return
+    metrics = evaluation_metrics(cfg.DATASETS.TEST, results)
+    if metrics:
+        metrics_writer = MetricsWriter(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER)
+        metrics_writer.write(cfg.SOLVER.MAX_ITER, metrics)
+        metrics_writer.close()
 
 
 def parse_args(argv=None):
@@ -199,9 +227,9 @@ def run(args, num_processes):
     try:
         if not args.skip_test:
             check_test_datasets(cfg)  # a bad test set stops the run now, not after training
-        model = train(cfg, args.local_rank, args.distributed, resume=args.resume)
-        if not args.skip_test:
-            run_test(cfg, model, args.distributed)
+        model, evaluated_at_end = train(cfg, args.local_rank, args.distributed, resume=args.resume)
+        if not args.skip_test and not evaluated_at_end:
+            record_test_metrics(cfg, run_test(cfg, model, args.distributed))
     except (FloatingPointError, DiskFullError) as error:
         raise SystemExit(f"error: {error}") from None
     except DataError as error:

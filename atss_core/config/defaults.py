@@ -399,3 +399,13 @@ _C.MODEL.CHANNELS_LAST = False
 # Seconds a process waits for the others in a collective (and at start-up) before the job
 # stops with one line naming the timeout; torch's default. Only used by multi-process runs.
 _C.DIST_TIMEOUT = 1800
+
+# Log a training line, and a metrics.json / TensorBoard row, every LOG_PERIOD iterations
+# (the original's fixed value was 20).
+_C.SOLVER.LOG_PERIOD = 20
+# Keep only the newest CHECKPOINT_KEEP periodic model_XXXXXXX.pth files; model_final.pth,
+# model_best.pth and the file last_checkpoint names are never removed. 0 keeps all (original).
+_C.SOLVER.CHECKPOINT_KEEP = 0
+# Evaluate on DATASETS.TEST every EVAL_PERIOD iterations during training (and at the end),
+# keeping the weights with the best bbox AP in model_best.pth. 0: only after training (original).
+_C.TEST.EVAL_PERIOD = 0

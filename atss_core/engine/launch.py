@@ -95,32 +95,22 @@ def stop_on_dist_timeout(timeout_s, distributed):
                          "DIST_TIMEOUT if a step legitimately takes longer") from None
 
 
-def inference_output_folder(output_dir, dataset_name):
-    """``OUTPUT_DIR/inference/<name>``, with a ``coco:IMG_DIR:ANN_FILE`` name reduced to the
+def inference_output_folder(output_dir, dataset_name, folder="inference"):
+    """``OUTPUT_DIR/<folder>/<name>``, with a ``coco:IMG_DIR:ANN_FILE`` name reduced to the
     annotation file's stem and any character unsafe in a folder name replaced by '_'."""
     if dataset_name.startswith("coco:"):
         dataset_name = os.path.splitext(os.path.basename(dataset_name))[0]
-    return os.path.join(output_dir, "inference", re.sub(r"[^\w.-]", "_", dataset_name))
+    return os.path.join(output_dir, folder, re.sub(r"[^\w.-]", "_", dataset_name))
 
 
-def run_test(cfg, model, distributed):
-    """Evaluate ``model`` (unwrapped from DDP) on every DATASETS.TEST entry; results go to
-    OUTPUT_DIR/inference/<dataset>. Returns the evaluation result of each dataset.
-
-    The model is switched, in place, to its inference fast path (frozen norms folded into the
-    convs, channels_last), so it cannot be trained afterwards.
-    """
-    if distributed and isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    model.prepare_for_inference()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
+def evaluate_on_test_sets(cfg, model, data_loaders, folder="inference"):
+    """Evaluate ``model`` as it is on each DATASETS.TEST entry (``data_loaders`` in the same
+    order); results go to ``OUTPUT_DIR/<folder>/<dataset>``. Returns each dataset's result."""
     results = []
     for dataset_name, data_loader in zip(cfg.DATASETS.TEST, data_loaders):
         output_folder = None
         if cfg.OUTPUT_DIR:
-            output_folder = inference_output_folder(cfg.OUTPUT_DIR, dataset_name)
+            output_folder = inference_output_folder(cfg.OUTPUT_DIR, dataset_name, folder)
             os.makedirs(output_folder, exist_ok=True)
         results.append(inference(
             model,
@@ -136,3 +126,19 @@ def run_test(cfg, model, distributed):
         ))
         synchronize()
     return results
+
+
+def run_test(cfg, model, distributed, folder="inference"):
+    """Evaluate ``model`` (unwrapped from DDP) on every DATASETS.TEST entry; results go to
+    OUTPUT_DIR/<folder>/<dataset>. Returns the evaluation result of each dataset.
+
+    The model is switched, in place, to its inference fast path (frozen norms folded into the
+    convs, channels_last), so it cannot be trained afterwards.
+    """
+    if distributed and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    model.prepare_for_inference()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
+    return evaluate_on_test_sets(cfg, model, data_loaders, folder)

@@ -6,10 +6,12 @@ import time
 import torch
 import torch.distributed as dist
 
+from atss_core.utils.checkpoint_retention import remove_old_periodic_checkpoints
 from atss_core.utils.comm import get_rank, get_world_size, reduce_dict
 from atss_core.utils.metric_logger import MetricLogger
 
-LOG_PERIOD = 20
+LOG_PERIOD = 20  # SOLVER.LOG_PERIOD's default
+BEST_METRIC = "bbox/AP"  # model_best.pth keeps the weights with the highest value of this metric
 
 
 def _all_processes_finite(loss):
@@ -30,16 +32,56 @@ def _describe_batch(data_loader, image_indices):
     return description
 
 
+def _training_scalars(meters, optimizer, device):
+    """One metrics.json row of a logged iteration: losses, time and data_time as their window
+    medians (the log line's first numbers), the current lr and, on CUDA, the peak memory (MB)."""
+    scalars = {name: meter.median for name, meter in meters.meters.items()
+               if name not in ("time", "data")}
+    scalars.update(lr=optimizer.param_groups[0]["lr"], time=meters.time.median,
+                   data_time=meters.data.median)
+    if device.type == "cuda":
+        scalars["max_mem"] = torch.cuda.max_memory_allocated() / 1024 ** 2
+    return scalars
+
+
+def _evaluate_and_keep_best(evaluator, model, iteration, arguments, checkpointer, metrics_writer,
+                            logger):
+    """Run ``evaluator`` (on every process), put the model back in train mode, record the
+    metrics and save ``model_best`` when BEST_METRIC improved. The best value and its iteration
+    are kept in ``arguments``, so every later checkpoint (and a resumed run) knows them."""
+    metrics = evaluator(model)
+    model.train()
+    if not metrics:  # processes other than the main one get no results
+        return
+    if metrics_writer is not None:
+        metrics_writer.write(iteration, metrics)
+    if BEST_METRIC not in metrics:
+        return
+    value = metrics[BEST_METRIC]
+    best = arguments.get("best_bbox_AP")
+    if best is None or value > best:
+        arguments.update(best_bbox_AP=value, best_iteration=iteration)
+        logger.info("New best %s %.4f at iteration %d (previous best: %s); saving model_best",
+                    BEST_METRIC, value, iteration, "none" if best is None else f"{best:.4f}")
+        checkpointer.save("model_best", **arguments)
+    else:
+        logger.info("%s %.4f at iteration %d; best so far %.4f at iteration %d", BEST_METRIC,
+                    value, iteration, best, arguments["best_iteration"])
+
+
 def do_train(model, data_loader, optimizer, scheduler, checkpointer, device, checkpoint_period,
-             arguments, scaler=None, autocast_dtype=None):
+             arguments, scaler=None, autocast_dtype=None, log_period=LOG_PERIOD,
+             metrics_writer=None, evaluator=None, eval_period=0, checkpoint_keep=0):
     """Run the iterations from ``arguments["iteration"]`` up to ``len(data_loader)``.
 
     Each iteration: forward in ``model.train()`` mode, sum the loss dict, backward,
     ``optimizer.step()`` then ``scheduler.step()`` (so the schedule's entry k is the lr of
-    iteration k + 1). Every LOG_PERIOD iterations a line with the ETA, the iteration,
+    iteration k + 1). Every ``log_period`` iterations a line with the ETA, the iteration,
     each loss's window median and global average, timings, lr and (on CUDA) the peak
-    GPU memory is logged. A checkpoint is saved every ``checkpoint_period`` iterations
-    and as ``model_final`` at the end.
+    GPU memory is logged, and written to ``metrics_writer``. Every ``eval_period``
+    iterations and at the end, ``evaluator`` runs and the best weights so far go to
+    ``model_best``. A checkpoint is saved every ``checkpoint_period`` iterations
+    (only the newest ``checkpoint_keep`` of them are kept) and as ``model_final`` at the end.
 
     Args:
         model (nn.Module): returns a dict of 0-d losses from ``model(images, targets)``.
@@ -54,6 +96,12 @@ def do_train(model, data_loader, optimizer, scheduler, checkpointer, device, che
         scaler (torch.amp.GradScaler, optional): loss scaler for float16 training.
         autocast_dtype (torch.dtype, optional): run the forward under ``torch.autocast``
             with this dtype; the losses are summed and reported in float32.
+        log_period (int): SOLVER.LOG_PERIOD.
+        metrics_writer (MetricsWriter, optional): gets the logged scalars; main process only.
+        evaluator (callable, optional): ``evaluator(model)`` is called on every process and
+            returns ``{"bbox/AP": value, ...}`` on the main process, an empty dict elsewhere.
+        eval_period (int): TEST.EVAL_PERIOD; 0 never calls ``evaluator``.
+        checkpoint_keep (int): SOLVER.CHECKPOINT_KEEP; 0 keeps every periodic checkpoint.
 
     Raises:
         FloatingPointError: a loss is NaN or infinite; the message names the iteration
@@ -107,7 +155,7 @@ def do_train(model, data_loader, optimizer, scheduler, checkpointer, device, che
         end = time.time()
         meters.update(time=batch_time, data=data_time)
 
-        if iteration % LOG_PERIOD == 0 or iteration == max_iter:
+        if iteration % log_period == 0 or iteration == max_iter:
             eta_seconds = meters.time.global_avg * (max_iter - iteration)
             fields = [
                 f"eta: {datetime.timedelta(seconds=int(eta_seconds))}",
@@ -118,8 +166,16 @@ def do_train(model, data_loader, optimizer, scheduler, checkpointer, device, che
             if device.type == "cuda":
                 fields.append(f"max mem: {torch.cuda.max_memory_allocated() / 1024 ** 2:.0f}")
             logger.info(meters.delimiter.join(fields))
+            if metrics_writer is not None:
+                metrics_writer.write(iteration, _training_scalars(meters, optimizer, device))
+        if eval_period > 0 and (iteration % eval_period == 0 or iteration == max_iter):
+            _evaluate_and_keep_best(evaluator, model, iteration, arguments, checkpointer,
+                                    metrics_writer, logger)
         if iteration % checkpoint_period == 0:
             checkpointer.save(f"model_{iteration:07d}", **arguments)
+            if checkpointer.save_to_disk:
+                remove_old_periodic_checkpoints(checkpointer.save_dir, checkpoint_keep,
+                                                checkpointer.get_checkpoint_file())
         if iteration == max_iter:
             checkpointer.save("model_final", **arguments)
 
