@@ -364,6 +364,25 @@ def test_other_num_classes_skips_head_with_one_warning(tmp_path, caplog):
         assert torch.equal(value, fresh_cls[key])
 
 
+def test_loading_logs_one_summary_line_and_the_keys_at_debug(tmp_path, caplog):
+    """8 keys: 6 in the file, 2 (the box head) missing from it."""
+    source = _TinyHead(3)
+    state = {key: value for key, value in source.state_dict().items() if "bbox_pred" not in key}
+    path = tmp_path / "partial.pth"
+    torch.save({"model": state}, path)
+    logger_name = "atss_core.utils.model_serialization"
+    with caplog.at_level(logging.INFO, logger=logger_name):
+        Checkpointer(_TinyHead(3)).load(str(path))
+    lines = [r.getMessage() for r in caplog.records if r.name == logger_name]
+    assert lines == [f"loaded 6 of 8 keys from {path}; skipped: 2 model keys not in the file keep "
+                     "their current values (rpn.head.bbox_pred.bias, rpn.head.bbox_pred.weight)"]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger=logger_name):
+        Checkpointer(_TinyHead(3)).load(str(path))
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(debug) == 6 and all(" loaded from " in line for line in debug)
+
+
 def test_weights_that_do_not_fit_are_an_error_for_evaluation(tmp_path):
     """test_net and the demo load with allow_shape_mismatch=False: a skipped head would give a
     half-random model, so a mismatch is a one-line error naming a key and its two shapes."""

@@ -375,7 +375,7 @@ class Checkpointer:
         if not isinstance(state_dict, dict):
             raise ValueError(f"weights file {f} has no state dict under 'model'")
         try:
-            load_state_dict(self.model, state_dict, allow_shape_mismatch)
+            load_state_dict(self.model, state_dict, allow_shape_mismatch, source=f)
         except ValueError as error:
             raise ValueError(f"{f}: {error}") from None
 

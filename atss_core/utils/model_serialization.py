@@ -27,15 +27,24 @@ def _longest_suffix_match(model_key, loaded_keys):
     return None
 
 
-def align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shape_mismatch=True):
+def _some(names, limit=5):
+    """``names`` joined by ", ", at most ``limit`` of them followed by how many more there are."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shape_mismatch=True,
+                                 source="the loaded weights"):
     """Overwrite entries of ``model_state_dict`` (in place) with matching loaded tensors.
 
     A model key takes the loaded tensor whose key is its longest suffix: for example
     ``backbone.body.layer1.0.conv1.weight`` takes ``layer1.0.conv1.weight`` rather than
     ``conv1.weight``. Matches whose shape differs from the model's (a head trained for
-    another number of classes, say) are skipped and reported in a single warning, so
-    fine-tuning from weights of another dataset works. Model keys without a match keep
-    their current values.
+    another number of classes, say) are skipped, so fine-tuning from weights of another
+    dataset works. Model keys without a match keep their current values.
+
+    One line sums it up ("loaded N of M keys from ``source``; skipped: ..."), a warning when
+    shapes did not fit; the key-by-key list is logged at DEBUG.
 
     Args:
         model_state_dict (dict[str, Tensor]): the model's ``state_dict()``; updated.
@@ -43,6 +52,7 @@ def align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shap
         allow_shape_mismatch (bool): False for evaluation and resuming, where a skipped or
             missing tensor would silently give a half-random model: then every model key
             must get a tensor of its shape from the file, or ValueError is raised.
+        source (str): where the tensors come from (the file name), for the log.
     """
     # Entries that are not tensors (a random dict, say) can match no model weight.
     loaded_keys = {key for key, value in loaded_state_dict.items() if isinstance(value, torch.Tensor)}
@@ -66,8 +76,8 @@ def align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shap
             continue
         model_state_dict[model_key] = loaded_tensor
         num_loaded += 1
-        logger.info("%-*s loaded from %-*s of shape %s", width, model_key, loaded_width,
-                    loaded_key, tuple(loaded_tensor.shape))
+        logger.debug("%-*s loaded from %-*s of shape %s", width, model_key, loaded_width,
+                     loaded_key, tuple(loaded_tensor.shape))
 
     if shape_mismatches and not allow_shape_mismatch:
         raise ValueError(f"{len(shape_mismatches)} weights do not fit the model, e.g. {shape_mismatches[0]}; "
@@ -77,12 +87,17 @@ def align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shap
         raise ValueError(f"{len(missing_keys)} of the model's {len(model_keys)} weights are not in the file, "
                          f"e.g. {missing_keys[0]}; pass weights trained for this model and config "
                          "(fine-tuning with tools/train_net.py keeps such weights at their initial values)")
+    skipped = []
     if shape_mismatches:
-        logger.warning("Skipped %d weights whose shape does not fit the model (they keep their "
-                       "initial values, e.g. a head for another NUM_CLASSES): %s",
-                       len(shape_mismatches), "; ".join(shape_mismatches))
-    logger.info("Loaded %d of %d model keys; the other %d keep their current values",
-                num_loaded, len(model_keys), len(model_keys) - num_loaded)
+        skipped.append(f"{len(shape_mismatches)} whose shape does not fit the model (they keep "
+                       f"their initial values, e.g. a head for another NUM_CLASSES): "
+                       + "; ".join(shape_mismatches))
+    if missing_keys:
+        skipped.append(f"{len(missing_keys)} model keys not in the file keep their current values "
+                       f"({_some(missing_keys)})")
+    logger.log(logging.WARNING if shape_mismatches else logging.INFO,
+               "loaded %d of %d keys from %s; skipped: %s", num_loaded, len(model_keys), source,
+               "; ".join(skipped) or "none")
 
 
 def strip_prefix_if_present(state_dict, prefix):
@@ -92,7 +107,7 @@ def strip_prefix_if_present(state_dict, prefix):
     return OrderedDict((key[len(prefix):], value) for key, value in state_dict.items())
 
 
-def load_state_dict(model, loaded_state_dict, allow_shape_mismatch=True):
+def load_state_dict(model, loaded_state_dict, allow_shape_mismatch=True, source="the loaded weights"):
     """Load ``loaded_state_dict`` into ``model`` with suffix matching (see above).
 
     A ``module.`` prefix from a DistributedDataParallel-wrapped model is removed first.
@@ -100,5 +115,5 @@ def load_state_dict(model, loaded_state_dict, allow_shape_mismatch=True):
     """
     model_state_dict = model.state_dict()
     loaded_state_dict = strip_prefix_if_present(loaded_state_dict, prefix="module.")
-    align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shape_mismatch)
+    align_and_update_state_dicts(model_state_dict, loaded_state_dict, allow_shape_mismatch, source)
     model.load_state_dict(model_state_dict)
