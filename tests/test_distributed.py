@@ -379,7 +379,7 @@ def test_two_process_evaluation_matches_one(workspace, single_process):
         _run_ok(commands, _environment(workspace["hook"]))
         print(f"evaluation, {launcher}: {time.monotonic() - start:.1f} s")
         # The folder under inference/ is named after the dataset, "coco:IMG_DIR:ANN_FILE" here.
-        [folder] = [path.parent for path in (output_dir / "inference").rglob("predictions.pth")]
+        [folder] = [path.parent for path in output_dir.rglob("predictions.pth")]
         results[launcher] = (torch.load(folder / "predictions.pth", weights_only=False),
                              json.loads((folder / "coco_results.json").read_text()))
 

@@ -9,7 +9,8 @@ that, the config file's MODEL.WEIGHT. The log says which file it is. Every weigh
 must come from that file.
 
 Multi-process: ``torchrun --nproc_per_node N tools/test_net.py ...`` (WORLD_SIZE > 1 starts a
-process group: NCCL on GPUs, Gloo on CPU). Results go to OUTPUT_DIR/inference/<dataset>.
+process group: NCCL on GPUs, Gloo on CPU). Results and a log.txt go to OUTPUT_DIR/inference/<dataset>
+for the run's own model_final.pth, else to OUTPUT_DIR/inference_<weights name>/<dataset>.
 """
 import argparse
 import os
@@ -22,7 +23,8 @@ from atss_core.config import cfg
 from atss_core.data import DataError
 from atss_core.data.errors import one_line_message
 from atss_core.engine.launch import (check_batch_divides, init_distributed, load_config,
-                                     parse_command_line, run_test, stop_on_dist_timeout)
+                                     parse_command_line, results_folder_name, run_test,
+                                     stop_on_dist_timeout)
 from atss_core.modeling.detector import build_detection_model
 from atss_core.utils.checkpoint import DetectronCheckpointer
 from atss_core.utils.collect_env import collect_env_info
@@ -73,14 +75,6 @@ def evaluate(args, distributed, num_processes):
     weights = named_weights(args)
     check_weights(weights)
 
-    logger = setup_logger("atss_core", "", get_rank())
-    logger.info("Using %d processes", num_processes)
-    logger.info("Loaded configuration file %s", args.config_file)
-    logger.info("Running with config:\n%s", cfg)
-    if is_main_process():  # only rank 0 prints; the report takes seconds to collect
-        logger.info("Collecting env info (might take some time)")
-        logger.info("\n%s", collect_env_info())
-
     model = build_detection_model(cfg)
     model.to(cfg.MODEL.DEVICE)
     # A file named on the command line is evaluated as it is. Otherwise what training left in
@@ -88,21 +82,37 @@ def evaluate(args, distributed, num_processes):
     # there MODEL.WEIGHT usually names the ImageNet weights that training started from).
     checkpointer = DetectronCheckpointer(cfg, model, save_dir=cfg.OUTPUT_DIR)
     if weights is not None:
-        source = f"{weights} (named on the command line)"
+        evaluated, source = weights, f"{weights} (named on the command line)"
     elif checkpointer.has_checkpoint():
-        source = (f"{checkpointer.get_checkpoint_file()} (named by {cfg.OUTPUT_DIR}/last_checkpoint, which wins "
+        evaluated = checkpointer.get_checkpoint_file()
+        source = (f"{evaluated} (named by {cfg.OUTPUT_DIR}/last_checkpoint, which wins "
                   "over the config file's MODEL.WEIGHT; pass --ckpt or MODEL.WEIGHT to evaluate another file)")
     else:
-        weights = cfg.MODEL.WEIGHT
+        weights = evaluated = cfg.MODEL.WEIGHT
         source = f"{weights} (MODEL.WEIGHT of {args.config_file})"
-    logger.info("Evaluating weights from %s", source)
+    # Results and this tool's log.txt go to a folder named after the weights, so evaluating
+    # another checkpoint never overwrites the end-of-training evaluation's files.
+    folder = results_folder_name(cfg.OUTPUT_DIR, evaluated)
+    log_dir = os.path.join(cfg.OUTPUT_DIR, folder) if cfg.OUTPUT_DIR else ""
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+
+    logger = setup_logger("atss_core", log_dir, get_rank())
+    logger.info("Using %d processes", num_processes)
+    logger.info("Loaded configuration file %s", args.config_file)
+    logger.info("Running with config:\n%s", cfg)
+    if is_main_process():  # only rank 0 prints; the report takes seconds to collect
+        logger.info("Collecting env info (might take some time)")
+        logger.info("\n%s", collect_env_info())
+    logger.info("Evaluating weights from %s; results go to %s", source,
+                os.path.join(cfg.OUTPUT_DIR, folder))
     try:
         checkpointer.load(weights, allow_shape_mismatch=False, use_last_checkpoint=weights is None)
     except (FileNotFoundError, ValueError, pickle.UnpicklingError) as error:
         sys.exit(f"test_net: {error}")
 
     try:
-        run_test(cfg, model, distributed)
+        run_test(cfg, model, distributed, folder)
     except DataError as error:
         sys.exit(f"test_net: {one_line_message(error)}")
 

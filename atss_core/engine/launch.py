@@ -103,6 +103,19 @@ def inference_output_folder(output_dir, dataset_name, folder="inference"):
     return os.path.join(output_dir, folder, re.sub(r"[^\w.-]", "_", dataset_name))
 
 
+def results_folder_name(output_dir, weights_file):
+    """The folder of OUTPUT_DIR that tools/test_net.py writes to when it evaluates
+    ``weights_file``: "inference" for the run's own ``model_final.pth`` (the end-of-training
+    evaluation's weights, so its files are rewritten with the same results), else
+    "inference_<weights file name without .pth>", which leaves those files alone."""
+    final = os.path.join(output_dir, "model_final.pth")
+    if weights_file and os.path.isfile(weights_file) and os.path.isfile(final) \
+            and os.path.samefile(weights_file, final):
+        return "inference"
+    stem = os.path.splitext(os.path.basename(weights_file))[0] if weights_file else "untrained"
+    return "inference_" + re.sub(r"[^\w.-]", "_", stem)
+
+
 def evaluate_on_test_sets(cfg, model, data_loaders, folder="inference"):
     """Evaluate ``model`` as it is on each DATASETS.TEST entry (``data_loaders`` in the same
     order); results go to ``OUTPUT_DIR/<folder>/<dataset>``. Returns each dataset's result."""
