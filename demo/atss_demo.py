@@ -15,7 +15,8 @@ The published COCO model (ATSS_R_50_FPN_1x.pth from the model zoo in the ATSS Gi
     python demo/atss_demo.py ... --webcam 0              # records until Ctrl-C
 
 Trailing ``KEY VALUE`` pairs override the config, e.g. ``MODEL.DEVICE cpu``. One annotated file
-is written per input image (same name, in --output-dir), and the time per image is printed.
+is written per input image (same name, in --output-dir); the number of detections drawn and the
+time per image are printed.
 The exit status is 1 when an input image could not be read or annotated (the others are still
 processed). Input images are read like training reads them (EXIF orientation applied, 16-bit
 scaled to 8 bits), and an --output-dir that holds an input image is refused.
@@ -171,7 +172,7 @@ def annotate_images(demo, image_paths, output_dir):
         try:
             image = read_image_bgr(image_path)
             start = time.perf_counter()
-            annotated = demo.run_on_opencv_image(image)
+            annotated, detections = demo.annotate(image)
         except (RuntimeError, ValueError) as error:  # an unreadable file, or one the model cannot take
             reason = error if isinstance(error, DataError) else \
                 f"cannot annotate image {image_path}: {str(error).splitlines()[0]}"
@@ -182,7 +183,8 @@ def annotate_images(demo, image_paths, output_dir):
         target = output_image_path(output_dir, image_path)
         if not cv2.imwrite(str(target), annotated):
             fail(f"could not write {target}; check that --output-dir is writable")
-        print(f"{image_path.name}\tinference time: {elapsed:.3f}s -> {target}")
+        count = f"{len(detections)} detection{'' if len(detections) == 1 else 's'}"
+        print(f"{image_path.name}\t{count}\tinference time: {elapsed:.3f}s -> {target}")
     return failed
 
 

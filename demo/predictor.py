@@ -195,9 +195,14 @@ class COCODemo:
 
     def run_on_opencv_image(self, image):
         """Detect on ``image`` ((H, W, 3) uint8 BGR, as cv2.imread gives) and return an annotated copy."""
+        return self.annotate(image)[0]
+
+    def annotate(self, image):
+        """``(annotated copy of image, the drawn detections as a BoxList)`` for ``image`` ((H, W, 3)
+        uint8 BGR)."""
         top_predictions = self.select_top_predictions(self.compute_prediction(image))
         result = self.overlay_boxes(image.copy(), top_predictions)
-        return self.overlay_class_names(result, top_predictions)
+        return self.overlay_class_names(result, top_predictions), top_predictions
 
     def compute_prediction(self, original_image):
         """All detections on ``original_image`` ((H, W, 3) uint8 BGR) as a BoxList of the image's

@@ -241,6 +241,8 @@ def test_demo_script_annotates_a_folder_and_reports_unreadable_images(tiny_model
     assert len(error_lines) == 1 and "broken.jpg" in error_lines[0] and "cannot read image" in error_lines[0]
     timing_lines = [line for line in run.stdout.splitlines() if "inference time" in line]
     assert [line.split("\t")[0] for line in timing_lines] == ["a.png", "b.png"]
+    # The hand-set box comes with labels 1 and 2 above the 0.5 threshold (scores 0.9, 0.7).
+    assert [line.split("\t")[1] for line in timing_lines] == ["2 detections", "2 detections"]
     assert sorted(p.name for p in output_dir.iterdir()) == ["a.png", "b.png"]
     for name, (image, box) in inputs.items():
         annotated = cv2.imread(str(output_dir / name))
