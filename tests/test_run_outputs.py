@@ -61,13 +61,34 @@ def run(tmp_path_factory):
     write_split(data, "train", 8, seed=0, image_size=160)
     write_split(data, "val", 4, seed=0, image_size=160)
     output_dir = root / "out"
-    output = _run("tools/train_net.py", [
-        "--config-file", CONFIG, *_options(data, output_dir), "SOLVER.MAX_ITER", str(MAX_ITER),
+    run = {"root": root, "data": data, "out": output_dir,
+           "results": output_dir / "inference" / "instances_val"}
+    _observed_training(run, output_dir, MAX_ITER)
+    run["rows"] = read_metrics(output_dir / "metrics.json")
+    return run
+
+
+def _observed_training(run, output_dir, max_iter):
+    return _run("tools/train_net.py", [
+        "--config-file", CONFIG, *_options(run["data"], output_dir), "SOLVER.MAX_ITER", str(max_iter),
         "TEST.EVAL_PERIOD", "20", "SOLVER.CHECKPOINT_PERIOD", "10", "SOLVER.CHECKPOINT_KEEP", "2",
         "SOLVER.LOG_PERIOD", "5"])
-    return {"root": root, "data": data, "out": output_dir, "stdout": output,
-            "rows": read_metrics(output_dir / "metrics.json"),
-            "results": output_dir / "inference" / "instances_val"}
+
+
+def test_stopped_and_resumed_run_ends_bit_identical(run):
+    """Stopped after 20 iterations (an evaluation, model_best and a pruned checkpoint included),
+    then resumed to 40: the same weights, evaluations and lr as the uninterrupted run."""
+    output_dir = run["root"] / "resumed"
+    _observed_training(run, output_dir, 20)
+    _observed_training(run, output_dir, MAX_ITER)
+    resumed = torch.load(output_dir / "model_final.pth", weights_only=True)
+    full = torch.load(run["out"] / "model_final.pth", weights_only=True)
+    assert resumed["iteration"] == full["iteration"] == MAX_ITER
+    for key, value in full["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    rows = read_metrics(output_dir / "metrics.json")
+    assert ([(row["iteration"], row.get("bbox/AP"), row.get("lr")) for row in rows]
+            == [(row["iteration"], row.get("bbox/AP"), row.get("lr")) for row in run["rows"]])
 
 
 def test_metrics_json_has_a_row_per_logged_iteration_and_evaluation(run):
