@@ -171,6 +171,7 @@ def do_train(model, data_loader, optimizer, scheduler, checkpointer, device, che
         if eval_period > 0 and (iteration % eval_period == 0 or iteration == max_iter):
             _evaluate_and_keep_best(evaluator, model, iteration, arguments, checkpointer,
                                     metrics_writer, logger)
+            end = time.time()  # the evaluation is not the next iteration's data loading time
         if iteration % checkpoint_period == 0:
             checkpointer.save(f"model_{iteration:07d}", **arguments)
             if checkpointer.save_to_disk:
