@@ -518,3 +518,23 @@ def test_metrics_writer_drops_rows_after_the_resume_point_and_never_repeats_one(
         {"iteration": 5, "loss": 0.5}, {"iteration": 10, "loss": 1.0},
         {"iteration": 10, "bbox/AP": 0.25}, {"iteration": 15, "loss": 1.25}]
     assert all(line.endswith("}") for line in (tmp_path / "metrics.json").read_text().splitlines())
+
+
+def test_evaluation_time_is_not_counted_as_data_loading_time(caplog):
+    """An evaluation after every iteration that takes 0.5 s: without care, the next
+    iteration's data time would include it (global average >= 0.33 s over 3 iterations)."""
+    cfg = _config()
+    model = TinyDetector()
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_lr_scheduler(cfg, optimizer)
+
+    def slow_evaluator(model):
+        time.sleep(0.5)
+        return {}
+
+    with caplog.at_level(logging.INFO, logger="atss_core.trainer"):
+        do_train(model, SyntheticLoader(3), optimizer, scheduler, Checkpointer(model), CPU, 100,
+                 {"iteration": 0}, evaluator=slow_evaluator, eval_period=1)
+    [line] = [r.getMessage() for r in caplog.records if "iter: 3" in r.getMessage()]
+    data_average = float(re.search(r"data: [\d.]+ \(([\d.]+)\)", line).group(1))
+    assert data_average < 0.2, line
