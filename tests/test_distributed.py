@@ -305,6 +305,23 @@ def test_two_processes_train_like_one(workspace, single_process, launcher):
     assert (output_dir / "last_checkpoint").read_text().strip().endswith("model_final.pth")
 
 
+def test_two_processes_evaluate_during_training_and_only_rank_0_writes(workspace, single_process):
+    """TEST.EVAL_PERIOD under torchrun: both processes evaluate (no hang), rank 0 alone writes
+    metrics.json, model_best and prunes checkpoints, and the training is the one-process one."""
+    single_dir, single_metrics = single_process
+    output_dir = workspace["root"] / "observed"
+    opts = ["TEST.EVAL_PERIOD", "2", "SOLVER.LOG_PERIOD", "1", "SOLVER.CHECKPOINT_PERIOD", "1",
+            "SOLVER.CHECKPOINT_KEEP", "1", "MODEL.ATSS.INFERENCE_TH", "0.0"]
+    metrics = _train(workspace, "torchrun", output_dir, workspace["train"], opts)
+    _assert_same_training(single_metrics, single_dir, metrics, output_dir, "evaluating torchrun")
+    rows = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
+    assert [(row["iteration"], "bbox/AP" in row) for row in rows] == [
+        (1, False), (2, False), (2, True), (3, False), (3, True)]
+    assert sorted(path.name for path in output_dir.glob("*.pth")) == [
+        "model_0000003.pth", "model_best.pth", "model_final.pth"]
+    assert len(list(output_dir.glob("events.out.tfevents.*"))) == 1
+
+
 def test_rank_without_any_box_keeps_in_step(workspace):
     """Two images, one without boxes, one image per process: in every iteration one rank has
     no positive at all. Its loss collectives must still run (no hang), and the result must be
