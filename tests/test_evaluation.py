@@ -581,3 +581,18 @@ def test_inference_output_folder_names():
     # A user's coco:IMG_DIR:ANN_FILE name becomes the annotation file's stem, not a tree of folders.
     assert inference_output_folder("out", "coco:/data/imgs:/data/ann/val.json") == os.path.join("out", "inference", "val")
     assert inference_output_folder("out", "my set:v2") == os.path.join("out", "inference", "my_set_v2")
+
+
+def test_test_net_results_folder_is_named_after_the_weights(tmp_path):
+    from atss_core.engine.launch import results_folder_name
+    (tmp_path / "model_final.pth").write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "model_final.pth").write_bytes(b"x")
+    out = str(tmp_path)
+    assert results_folder_name(out, str(tmp_path / "model_final.pth")) == "inference"
+    # The same file by another path is the same weights.
+    assert results_folder_name(out, str(tmp_path / "elsewhere" / ".." / "model_final.pth")) == "inference"
+    assert results_folder_name(out, str(tmp_path / "elsewhere" / "model_final.pth")) == "inference_model_final"
+    assert results_folder_name(out, "https://host/ATSS_R_50_FPN_1x.pth") == "inference_ATSS_R_50_FPN_1x"
+    assert results_folder_name(out, "catalog://ImageNetPretrained/MSRA/R-50") == "inference_R-50"
+    assert results_folder_name(out, "") == "inference_untrained"
