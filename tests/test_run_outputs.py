@@ -227,9 +227,12 @@ def test_plot_metrics_draws_the_runs_curves(run, tmp_path, capsys):
 
 def test_plot_metrics_errors_are_one_line(run, tmp_path):
     plot_metrics = _plot_metrics()
-    for argv, expected in (([str(tmp_path)], "metrics.json not found"),
-                           ([str(run["out"]), "--keys", "nope"], "no run has nope")):
+    png = str(tmp_path / "x.png")
+    for argv, expected in (([str(tmp_path), "--output", png], "metrics.json not found"),
+                           ([str(run["out"]), "--keys", "nope", "--output", png], "no run has nope"),
+                           ([str(run["out"]), "--output", str(tmp_path / "no" / "x.png")],
+                            "cannot write")):
         with pytest.raises(SystemExit) as exit_info:
-            plot_metrics.main(argv + ["--output", str(tmp_path / "x.png")])
+            plot_metrics.main(argv)
         message = str(exit_info.value.code)
         assert expected in message and "\n" not in message

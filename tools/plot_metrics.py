@@ -123,7 +123,11 @@ def main(argv=None):
     if args.smooth < 1:
         sys.exit("plot_metrics: --smooth must be at least 1")
     figure = plot_metrics(runs, keys, args.smooth)
-    FigureCanvasAgg(figure).print_png(args.output)
+    try:
+        FigureCanvasAgg(figure).print_png(args.output)
+    except OSError as error:
+        sys.exit(f"plot_metrics: cannot write {args.output} ({error.strerror or error}); "
+                 "pass a writable --output path")
     print(f"plot_metrics: {len(keys)} panels for {len(runs)} runs -> {args.output}")
 
 
