@@ -91,6 +91,22 @@ def test_stopped_and_resumed_run_ends_bit_identical(run):
             == [(row["iteration"], row.get("bbox/AP"), row.get("lr")) for row in run["rows"]])
 
 
+def test_default_run_records_its_end_of_training_evaluation_and_keeps_every_checkpoint(run):
+    """No new option set: no model_best, no checkpoint removed, and the evaluation after
+    training (the folded fast path, as before) still gets its metrics.json row."""
+    output_dir = run["root"] / "defaults"
+    _run("tools/train_net.py", ["--config-file", CONFIG, *_options(run["data"], output_dir),
+                                "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "1"])
+    assert sorted(path.name for path in output_dir.glob("*.pth")) == [
+        "model_0000001.pth", "model_0000002.pth", "model_0000003.pth", "model_0000004.pth",
+        "model_final.pth"]
+    rows = read_metrics(output_dir / "metrics.json")
+    assert [row["iteration"] for row in rows] == [4, 4]  # the log row (LOG_PERIOD 20), then AP
+    scores = json.loads((output_dir / "inference" / "instances_val" / "coco_results.json").read_text())
+    assert {key: value for key, value in rows[1].items() if key != "iteration"} == {
+        f"bbox/{name}": value for name, value in scores["bbox"].items() if value != -1}
+
+
 def test_metrics_json_has_a_row_per_logged_iteration_and_evaluation(run):
     train_rows = [row for row in run["rows"] if "loss" in row]
     eval_rows = [row for row in run["rows"] if "bbox/AP" in row]
