@@ -281,8 +281,9 @@ def test_training_resumes_by_default_and_starts_fresh_with_no_resume(tmp_path, t
 def test_resume_at_max_iter_says_so_and_skips_training(tmp_path, train_net, training, caplog):
     saved = _checkpoint_at(tmp_path, 10)
     with caplog.at_level(logging.INFO):
-        model = train_net.train(_train_cfg(tmp_path), local_rank=0, distributed=False)
+        model, evaluated_at_end = train_net.train(_train_cfg(tmp_path), local_rank=0, distributed=False)
     assert not training  # the loop never ran
+    assert not evaluated_at_end  # so the end-of-training evaluation still runs
     _assert_same(model.state_dict(), saved)  # what gets evaluated is the checkpoint
     assert (f"The checkpoint in {tmp_path / 'out'} is at iteration 10, SOLVER.MAX_ITER is 10: nothing left to "
             "train, going on to evaluation") in caplog.text
