@@ -152,10 +152,15 @@ def evaluation_run(tmp_path, test_net, monkeypatch):
     trained = _save_model(cfg, output_dir / "model_final.pth", seed=1)
     (output_dir / "last_checkpoint").write_text("model_final.pth")
     other = _save_model(cfg, tmp_path / "other.pth", seed=2)
-    evaluated = []
-    monkeypatch.setattr(test_net, "run_test", lambda cfg, model, distributed: evaluated.append(model.state_dict()))
+    evaluated, folders = [], []
+
+    def record_test(cfg, model, distributed, folder):
+        evaluated.append(model.state_dict())
+        folders.append(folder)
+
+    monkeypatch.setattr(test_net, "run_test", record_test)
     return {"config": str(config_file), "output_dir": output_dir, "trained": trained, "other": other,
-            "evaluated": evaluated}
+            "evaluated": evaluated, "folders": folders}
 
 
 def _assert_same(state, expected):
@@ -176,6 +181,9 @@ def test_named_weights_are_evaluated_even_with_a_last_checkpoint(evaluation_run,
     [evaluated] = evaluation_run["evaluated"]
     _assert_same(evaluated, evaluation_run["other"])
     assert f"Evaluating weights from {other} (named on the command line)" in caplog.text
+    # Results (and test_net's log) go beside, not over, the end-of-training evaluation's files.
+    assert evaluation_run["folders"] == ["inference_other"]
+    assert (evaluation_run["output_dir"] / "inference_other" / "log.txt").exists()
 
 
 def test_without_named_weights_last_checkpoint_is_evaluated(evaluation_run, test_net, caplog):
@@ -184,6 +192,7 @@ def test_without_named_weights_last_checkpoint_is_evaluated(evaluation_run, test
     [evaluated] = evaluation_run["evaluated"]
     _assert_same(evaluated, evaluation_run["trained"])
     assert f"Evaluating weights from {evaluation_run['output_dir'] / 'model_final.pth'} (named by " in caplog.text
+    assert evaluation_run["folders"] == ["inference"]  # the run's own final weights
 
 
 @pytest.mark.parametrize("content", ["empty_model", "random", "partial"])
