@@ -196,7 +196,8 @@ def test_train_net_stops_on_a_bad_test_set_before_training(tmp_path, monkeypatch
     train_net = _train_net()
     monkeypatch.setattr(train_net, "collect_env_info", lambda: "env")
     trained = []
-    monkeypatch.setattr(train_net, "train", lambda *args, **kwargs: trained.append(args))
+    # train() returns the model and whether the loop evaluated it at the end.
+    monkeypatch.setattr(train_net, "train", lambda *args, **kwargs: trained.append(args) or (None, True))
     argv = ["--config-file", str(QUICKSTART_CONFIG), "MODEL.DEVICE", "cpu", "MODEL.ATSS.NUM_CLASSES", "3",
             "DATASETS.TRAIN", f"('coco:{root}:{ann_file}',)", "DATASETS.TEST", f"('coco:{root}:{bad_file}',)",
             "OUTPUT_DIR", str(tmp_path / "out")]
