@@ -3,6 +3,7 @@ from .batch_norm import FrozenBatchNorm2d
 from .dcn import DeformConv, ModulatedDeformConv, deform_conv, modulated_deform_conv
 from .misc import BatchNorm2d, Conv2d, ConvTranspose2d, DFConv2d, interpolate
 from .nms import ml_nms, nms
+from .onednn_conv import OneDNNConv2d, use_onednn_convolutions
 from .scale import Scale
 from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
 
@@ -22,4 +23,6 @@ __all__ = [
     "DeformConv",
     "ModulatedDeformConv",
     "Scale",
+    "OneDNNConv2d",
+    "use_onednn_convolutions",
 ]

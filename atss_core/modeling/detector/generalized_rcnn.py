@@ -8,6 +8,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
+from atss_core.layers import use_onednn_convolutions
 from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.image_list import to_image_list
 
@@ -47,6 +48,9 @@ class GeneralizedRCNN(nn.Module):
         self.num_classes = cfg.MODEL.ATSS.NUM_CLASSES  # background included
         self.backbone = build_backbone(cfg)
         self.rpn = ATSSModule.from_config(cfg, self.backbone.out_channels)
+        # PyTorch's size heuristic would run small-batch 1x1 convs (one thread) and small maps
+        # (batch 1) on its slow reference kernel; see atss_core/layers/onednn_conv.py.
+        use_onednn_convolutions(self)
         # NHWC memory order for the conv weights and the input batch: same results, faster
         # oneDNN / cuDNN kernels (about 1.3x for the quick-start training step on CPU).
         self.channels_last = cfg.MODEL.CHANNELS_LAST

@@ -1,0 +1,81 @@
+"""Run every CPU float32 convolution on oneDNN instead of PyTorch's reference kernel.
+
+PyTorch picks the CPU convolution kernel by a size heuristic (``ConvParams::use_mkldnn``): a
+float32 conv goes to the unblocked im2col + GEMM fallback, ``aten::_slow_conv2d_forward`` /
+``_backward`` (one GEMM per image, NCHW only, so a channels_last batch is converted there and
+back), when
+
+* the kernel is 1x1 with stride 1, the batch has fewer than 16 images and only one thread
+  runs: every bottleneck's 1x1 convs, the FPN laterals and MobileNetV2's expand / project
+  convs, in training and inference; or
+* the batch is one image, the kernel at most 3x3, groups 1 and the input has at most 20480
+  elements: the head's convs on the P6 / P7 maps of small images (any thread count).
+
+``OneDNNConv2d`` keeps every CPU float32 convolution off that path. A pointwise conv (1x1,
+stride 1, no padding, groups 1) becomes one matrix product over all pixels, ``F.linear`` on
+the NHWC view of a channels_last batch (no layout copy) or a batched ``matmul`` on an NCHW one,
+so its backward is two GEMMs as well: ``torch.mkldnn_convolution``'s own backward goes back
+through the same heuristic and would still take ``_slow_conv2d_backward``. Every other conv calls
+``torch.mkldnn_convolution``, the kernel the same layer gets with two threads or a bigger batch.
+Other dtypes, autocast, non-CPU tensors and scripted / traced / compiled graphs keep
+``nn.Conv2d``'s dispatch. ``use_onednn_convolutions(model)`` switches every plain ``nn.Conv2d``
+of a model to it, keeping parameters and state-dict names.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["OneDNNConv2d", "use_onednn_convolutions"]
+
+
+class OneDNNConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (zero padding) that keeps CPU float32 tensors off PyTorch's slow kernel."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
+                      bias: Optional[torch.Tensor]) -> torch.Tensor:
+        # TorchScript compiles only the portable branch; tracing and torch.compile / export take
+        # it too, so exported graphs hold plain convolutions.
+        if not torch.jit.is_scripting():
+            if self._takes_onednn(input, weight):
+                if self._pointwise:
+                    return _pointwise_conv(input, weight, bias)
+                return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride,
+                                                self.dilation, self.groups)
+        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _takes_onednn(self, input, weight):
+        return (not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+                and input.device.type == "cpu" and input.dtype == torch.float32
+                and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and not isinstance(self.padding, str)
+                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+    @property
+    def _pointwise(self):
+        return (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+                and self.groups == 1)
+
+
+def _pointwise_conv(input, weight, bias):
+    """1x1 conv as a matrix product: input (N, C, H, W), weight (O, C, 1, 1), bias (O,) or None
+    -> (N, O, H, W) in the input's memory format."""
+    weight = weight.flatten(1)
+    if input.is_contiguous(memory_format=torch.channels_last):
+        # (N, H, W, C) is contiguous here, and so is the result viewed back as NCHW.
+        return F.linear(input.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+    output = torch.matmul(weight, input.flatten(2))  # (N, O, H*W)
+    if bias is not None:
+        output = output + bias[:, None]
+    return output.view(len(input), -1, *input.shape[2:])
+
+
+def use_onednn_convolutions(module):
+    """Turn every plain, zero-padded ``nn.Conv2d`` inside ``module`` into a ``OneDNNConv2d``,
+    in place. Subclasses of ``nn.Conv2d`` keep their own class. Returns the same ``module``.
+    """
+    for layer in module.modules():
+        if type(layer) is nn.Conv2d and layer.padding_mode == "zeros":
+            layer.__class__ = OneDNNConv2d
+    return module

@@ -1,0 +1,112 @@
+"""Which CPU convolution kernels the detector runs (behaviour, not timing).
+
+PyTorch's size heuristic sends small-batch 1x1 convs (one thread) and batch-1 convs on small
+maps to ``aten::_slow_conv2d_forward`` / ``_backward``; ``OneDNNConv2d`` keeps every conv of the
+model off it. The profiler's op names are the oracle for the path, ``nn.Conv2d`` for the values.
+"""
+import pytest
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from atss_core.config import cfg as default_cfg
+from atss_core.layers import OneDNNConv2d, use_onednn_convolutions
+from atss_core.modeling.detector import build_detection_model
+from atss_core.structures.bounding_box import BoxList
+from conftest import REPO_ROOT
+
+SLOW_CONV_OPS = ("aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward", "aten::thnn_conv2d")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the setting in which PyTorch sends 1x1 convs to the slow kernel."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def op_names(fn):
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.name for event in prof.events()}
+
+
+def small_detector(config, channels_last):
+    cfg = default_cfg.clone()
+    cfg.merge_from_file(str(REPO_ROOT / "configs" / config))
+    cfg.merge_from_list(["MODEL.WEIGHT", "", "MODEL.DEVICE", "cpu", "MODEL.CHANNELS_LAST", channels_last])
+    return build_detection_model(cfg)
+
+
+def two_box_targets(width, height):
+    targets = []
+    for _ in range(2):
+        target = BoxList(torch.tensor([[8.0, 8.0, 60.0, 70.0], [30.0, 20.0, 120.0, 100.0]]), (width, height))
+        target.add_field("labels", torch.tensor([1, 2]))
+        targets.append(target)
+    return targets
+
+
+@pytest.mark.parametrize("config", ["atss/atss_R_50_FPN_1x.yaml", "quickstart/atss_mnv2_fpn_shapes.yaml"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_no_slow_conv_in_training_step_or_inference(one_thread, config, channels_last):
+    model = small_detector(config, channels_last)
+    height, width = 128, 160
+    images = torch.randn(2, 3, height, width) * 50
+
+    model.train()
+    used = op_names(lambda: sum(model(images, two_box_targets(width, height)).values()).backward())
+    assert "aten::mkldnn_convolution" in used  # the profile did see the convolutions
+    assert not used & set(SLOW_CONV_OPS), f"training step took {sorted(used & set(SLOW_CONV_OPS))}"
+
+    # Batch 1 after prepare_for_inference: the head's convs on P6/P7 are tiny maps.
+    model.prepare_for_inference()
+    with torch.inference_mode():
+        used = op_names(lambda: model(images[:1]))
+    assert not used & set(SLOW_CONV_OPS), f"inference took {sorted(used & set(SLOW_CONV_OPS))}"
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("geometry", [
+    dict(kernel_size=1),  # pointwise: the matrix-product path
+    dict(kernel_size=1, bias=False),
+    dict(kernel_size=1, stride=2),  # strided 1x1 (ResNet downsample): the oneDNN conv path
+    dict(kernel_size=3, padding=1, groups=4),  # MobileNet-style grouped 3x3
+    dict(kernel_size=3, padding=2, dilation=2),
+])
+def test_onednn_conv_matches_nn_conv2d_values_and_grads(one_thread, geometry, memory_format):
+    reference = nn.Conv2d(8, 12, **geometry)
+    fast = use_onednn_convolutions(nn.Sequential(nn.Conv2d(8, 12, **geometry)))[0]
+    assert type(fast) is OneDNNConv2d
+    fast.load_state_dict(reference.state_dict())  # same names, same parameters
+    images = torch.randn(2, 8, 9, 11).contiguous(memory_format=memory_format)
+
+    outputs, grads = [], []
+    for conv in (reference, fast):
+        inputs = images.clone().requires_grad_()
+        output = conv(inputs)
+        (output * torch.linspace(-1, 1, output.numel()).view_as(output)).sum().backward()
+        outputs.append(output)
+        grads.append([inputs.grad] + [p.grad for p in conv.parameters()])
+    assert outputs[1].is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    for fast_grad, reference_grad in zip(grads[1], grads[0]):
+        torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_other_dtypes_and_autocast_keep_torch_dispatch():
+    conv = use_onednn_convolutions(nn.Sequential(nn.Conv2d(4, 6, kernel_size=1)))[0]
+    images = torch.randn(1, 4, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(images).dtype == torch.bfloat16  # autocast still casts the conv
+    assert conv.double()(images.double()).dtype == torch.float64
+
+
+def test_conversion_skips_subclasses_and_other_padding_modes():
+    class Custom(nn.Conv2d):
+        pass
+    model = use_onednn_convolutions(nn.Sequential(
+        nn.Conv2d(3, 3, 3), Custom(3, 3, 3), nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect")))
+    assert [type(layer) for layer in model] == [OneDNNConv2d, Custom, nn.Conv2d]
