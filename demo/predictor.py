@@ -26,6 +26,7 @@ from PIL import Image
 
 from atss_core.data.build import QUICKSTART_PREFIX
 from atss_core.data.transforms import build_transforms
+from atss_core.engine.precision import inference_autocast
 from atss_core.modeling.detector import build_detection_model
 from atss_core.structures.image_list import to_image_list
 from atss_core.utils.checkpoint import DetectronCheckpointer
@@ -213,7 +214,7 @@ class COCODemo:
         # The test-time transforms take a PIL RGB image (as the data loader gives them).
         image = self.transforms(Image.fromarray(cv2.cvtColor(original_image, cv2.COLOR_BGR2RGB)))
         image_list = to_image_list(image, self.cfg.DATALOADER.SIZE_DIVISIBILITY).to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), inference_autocast(self.cfg, self.device):
             prediction = self.model(image_list)[0].to(self.cpu_device)
         height, width = original_image.shape[:2]
         return prediction.resize((width, height))

@@ -409,3 +409,7 @@ _C.SOLVER.CHECKPOINT_KEEP = 0
 # Evaluate on DATASETS.TEST every EVAL_PERIOD iterations during training (and at the end),
 # keeping the weights with the best bbox AP in model_best.pth. 0: only after training (original).
 _C.TEST.EVAL_PERIOD = 0
+
+# Type the network runs in at evaluation (test_net, the demo, the Predictor): "float32", or
+# "bfloat16" / "float16" (torch.autocast). Decoding, NMS and the scores stay in float32.
+_C.TEST.DTYPE = "float32"

@@ -13,6 +13,7 @@ from atss_core.structures.image_list import ImageList
 
 from ..utils.comm import all_gather, get_world_size, is_main_process, synchronize
 from .bbox_aug import im_detect_bbox_aug
+from .precision import inference_autocast
 
 __all__ = ["compute_on_dataset", "inference"]
 
@@ -34,8 +35,9 @@ class _Timer:
         return self.total_time
 
 
-def compute_on_dataset(model, data_loader, device, timer=None, bbox_aug_cfg=None):
-    """Run ``model`` (in eval mode, without gradients) over ``data_loader``.
+def compute_on_dataset(model, data_loader, device, timer=None, bbox_aug_cfg=None, dtype="float32"):
+    """Run ``model`` (in eval mode, without gradients, the network in ``dtype``: a TEST.DTYPE
+    value) over ``data_loader``.
 
     Batches are ``(images, targets, image_ids)``: an ImageList, or with test-time augmentation a
     tuple of PIL images handed to :func:`im_detect_bbox_aug` with ``bbox_aug_cfg``, the config the
@@ -49,7 +51,7 @@ def compute_on_dataset(model, data_loader, device, timer=None, bbox_aug_cfg=None
     device = torch.device(device)
     augment = bbox_aug_cfg is not None and bbox_aug_cfg.TEST.BBOX_AUG.ENABLED
     for images, _, image_ids in tqdm(data_loader, disable=not is_main_process()):
-        with torch.no_grad():
+        with torch.no_grad(), inference_autocast(dtype, device):
             if timer is not None:
                 timer.tic()
             if augment:
@@ -102,11 +104,13 @@ def _time_str(seconds):
 
 
 def inference(model, data_loader, dataset_name, iou_types=("bbox",), box_only=False, device="cuda",
-              expected_results=(), expected_results_sigma_tol=4, output_folder=None, bbox_aug_cfg=None):
+              expected_results=(), expected_results_sigma_tol=4, output_folder=None, bbox_aug_cfg=None,
+              dtype="float32"):
     """Predict on every image of ``data_loader``'s dataset and evaluate the predictions.
 
     ``bbox_aug_cfg``: the config ``data_loader`` was built from, read for test-time augmentation
-    (``TEST.BBOX_AUG``); None runs the model on the loader's ImageLists as they are.
+    (``TEST.BBOX_AUG``); None runs the model on the loader's ImageLists as they are. ``dtype`` (a
+    TEST.DTYPE value) is the type the network runs in; see ``inference_autocast``.
 
     Each process runs its share of the loader; the main process gathers all predictions, saves
     them to ``output_folder/predictions.pth`` (a list of BoxList by dataset index, in the resized
@@ -121,7 +125,7 @@ def inference(model, data_loader, dataset_name, iou_types=("bbox",), box_only=Fa
     logger.info("Start evaluation on %s dataset(%d images).", dataset_name, len(dataset))
     total_timer, inference_timer = _Timer(), _Timer()
     total_timer.tic()
-    predictions = compute_on_dataset(model, data_loader, device, inference_timer, bbox_aug_cfg)
+    predictions = compute_on_dataset(model, data_loader, device, inference_timer, bbox_aug_cfg, dtype)
     synchronize()  # every process done before the wall time is taken
     total_seconds = total_timer.toc()
     num_images = max(len(dataset), 1)

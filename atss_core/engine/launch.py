@@ -136,6 +136,7 @@ def evaluate_on_test_sets(cfg, model, data_loaders, folder="inference"):
             expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
             output_folder=output_folder,
             bbox_aug_cfg=cfg,
+            dtype=cfg.TEST.DTYPE,
         ))
         synchronize()
     return results

@@ -3,12 +3,10 @@ import logging
 
 import torch
 
+from atss_core.engine.precision import autocast_dtype
 from .lr_scheduler import WarmupMultiStepLR
 
 logger = logging.getLogger("atss_core.trainer")
-
-# DTYPE (a key this project adds; the original trained in float32 only) -> autocast dtype.
-_AUTOCAST_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def make_optimizer(cfg, model):
@@ -50,10 +48,8 @@ def resolve_autocast_dtype(cfg):
 
     Returns None for "float32", meaning no autocast.
     """
-    dtype = cfg.get("DTYPE", "float32")
-    if dtype not in _AUTOCAST_DTYPES:
-        raise ValueError(f"DTYPE must be one of {sorted(_AUTOCAST_DTYPES)}, got {dtype!r}")
-    return _AUTOCAST_DTYPES[dtype]
+    # DTYPE is a key this project adds; the original trained in float32 only.
+    return autocast_dtype(cfg.get("DTYPE", "float32"), "DTYPE")
 
 
 def make_grad_scaler(cfg):

@@ -146,4 +146,8 @@ class ATSSModule(nn.Module):
             loss_cls, loss_reg, loss_centerness = self.loss_evaluator(
                 box_cls, box_regression, centerness, targets, anchors)
             return None, {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_centerness}
-        return self.box_selector_test(box_cls, box_regression, centerness, anchors, images.image_sizes), {}
+        # Under TEST.DTYPE bfloat16 / float16 the head's maps come out in that type: decoding,
+        # NMS and the scores still run in float32.
+        with torch.autocast(box_cls[0].device.type, enabled=False):
+            head_maps = [[level.float() for level in maps] for maps in (box_cls, box_regression, centerness)]
+            return self.box_selector_test(*head_maps, anchors, images.image_sizes), {}
