@@ -1,0 +1,55 @@
+"""tools/benchmark_atss.py: FCOS is timed on the same input size as ATSS; bad inputs are one line."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+TOOL = REPO_ROOT / "tools" / "benchmark_atss.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_atss", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("height, width", [(96, 160), (160, 96)])
+def test_fcos_backbone_sees_the_requested_size(benchmark, height, width):
+    # torchvision's stock transform would scale the short side to 800 pixels.
+    fcos = benchmark.build_fcos(height, width)
+    images = [torch.rand(3, height, width)]
+    assert benchmark.fcos_backbone_input_shape(fcos, images) == (1, 3, height, width)
+
+
+def test_defaults_follow_the_mode(benchmark):
+    inference = benchmark.parse_args([])
+    train = benchmark.parse_args(["--train", "--dtype", "bfloat16", "MODEL.CHANNELS_LAST", "True"])
+    assert (inference.batch, inference.height, inference.width) == (1, 800, 1216)
+    assert (train.batch, train.height, train.width, train.gts) == (2, 640, 864, "100,500")
+    assert train.opts == ["MODEL.CHANNELS_LAST", "True"]
+
+
+def test_fcos_trainable_layers_match_freeze_at_2(benchmark):
+    fcos = benchmark.build_fcos(64, 64, trainable_layers=3)
+    trainable = {name.split(".")[0] for name, p in fcos.backbone.body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}  # stem and layer1 frozen, as FREEZE_CONV_BODY_AT 2
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--weights", "missing.pth", "weights file 'missing.pth' not found"),
+    ("--config-file", "missing.yaml", "config: "),
+])
+def test_bad_input_is_one_line(tmp_path, option, value, expected):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, str(TOOL), option, value, "--height", "64", "--width", "64"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
