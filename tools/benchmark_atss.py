@@ -326,6 +326,7 @@ def run_training(args, cfg, device, timer, results):
 
 
 def main(argv=None):
+    """Run the benchmark; returns the ratios and rates it printed (dict name -> float)."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -349,6 +350,7 @@ def main(argv=None):
         summary = {"args": {k: str(v) for k, v in vars(args).items()}, "medians_s": timer.medians(),
                    "results": results}
         Path(args.json).write_text(json.dumps(summary, indent=1))
+    return results
 
 
 if __name__ == "__main__":
