@@ -70,7 +70,7 @@ def test_no_slow_conv_in_training_step_or_inference(one_thread, config, channels
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("geometry", [
-    dict(kernel_size=1),  # pointwise: the matrix-product path
+    dict(kernel_size=1),  # pointwise: the matrix-product path when gradients are needed
     dict(kernel_size=1, bias=False),
     dict(kernel_size=1, stride=2),  # strided 1x1 (ResNet downsample): the oneDNN conv path
     dict(kernel_size=3, padding=1, groups=4),  # MobileNet-style grouped 3x3
@@ -94,6 +94,8 @@ def test_onednn_conv_matches_nn_conv2d_values_and_grads(one_thread, geometry, me
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
     for fast_grad, reference_grad in zip(grads[1], grads[0]):
         torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the oneDNN conv for every geometry
+        torch.testing.assert_close(fast(images), reference(images), rtol=1e-5, atol=1e-5)
 
 
 def test_other_dtypes_and_autocast_keep_torch_dispatch():

@@ -11,15 +11,16 @@ back), when
 * the batch is one image, the kernel at most 3x3, groups 1 and the input has at most 20480
   elements: the head's convs on the P6 / P7 maps of small images (any thread count).
 
-``OneDNNConv2d`` keeps every CPU float32 convolution off that path. A pointwise conv (1x1,
-stride 1, no padding, groups 1) becomes one matrix product over all pixels, ``F.linear`` on
-the NHWC view of a channels_last batch (no layout copy) or a batched ``matmul`` on an NCHW one,
-so its backward is two GEMMs as well: ``torch.mkldnn_convolution``'s own backward goes back
-through the same heuristic and would still take ``_slow_conv2d_backward``. Every other conv calls
+``OneDNNConv2d`` keeps every CPU float32 convolution off that path: it calls
 ``torch.mkldnn_convolution``, the kernel the same layer gets with two threads or a bigger batch.
-Other dtypes, autocast, non-CPU tensors and scripted / traced / compiled graphs keep
-``nn.Conv2d``'s dispatch. ``use_onednn_convolutions(model)`` switches every plain ``nn.Conv2d``
-of a model to it, keeping parameters and state-dict names.
+Its backward goes back through the heuristic, though, so where that would pick
+``_slow_conv2d_backward`` for a pointwise conv (1x1, stride 1, no padding, groups 1; one thread,
+fewer than 16 images, gradients needed) the conv runs as one matrix product over all pixels
+instead, ``F.linear`` on the NHWC view of a channels_last batch (no layout copy) or a batched
+``matmul`` on an NCHW one, whose backward is two GEMMs. Other dtypes, autocast, non-CPU tensors
+and scripted / traced / compiled graphs keep ``nn.Conv2d``'s dispatch.
+``use_onednn_convolutions(model)`` switches every plain ``nn.Conv2d`` of a model to it, keeping
+parameters and state-dict names.
 """
 from typing import Optional
 
@@ -39,7 +40,7 @@ class OneDNNConv2d(nn.Conv2d):
         # it too, so exported graphs hold plain convolutions.
         if not torch.jit.is_scripting():
             if self._takes_onednn(input, weight):
-                if self._pointwise:
+                if self._pointwise and _slow_backward_ahead(input, weight, bias):
                     return _pointwise_conv(input, weight, bias)
                 return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride,
                                                 self.dilation, self.groups)
@@ -56,6 +57,13 @@ class OneDNNConv2d(nn.Conv2d):
     def _pointwise(self):
         return (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
                 and self.groups == 1)
+
+
+def _slow_backward_ahead(input, weight, bias):
+    """Whether PyTorch would run a pointwise conv's backward on ``_slow_conv2d_backward``."""
+    needs_grad = torch.is_grad_enabled() and (
+        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    return needs_grad and torch.get_num_threads() == 1 and len(input) < 16
 
 
 def _pointwise_conv(input, weight, bias):
