@@ -26,7 +26,7 @@ from PIL import Image
 
 from atss_core.data.build import QUICKSTART_PREFIX
 from atss_core.data.transforms import build_transforms
-from atss_core.engine.precision import inference_autocast
+from atss_core.engine.precision import autocast_dtype, inference_autocast
 from atss_core.modeling.detector import build_detection_model
 from atss_core.structures.image_list import to_image_list
 from atss_core.utils.checkpoint import DetectronCheckpointer
@@ -155,6 +155,7 @@ class COCODemo:
             self.cfg.INPUT.MIN_SIZE_TEST = int(min_image_size)
             self.cfg.freeze()
         self.device = _check_device(self.cfg.MODEL.DEVICE)
+        autocast_dtype(self.cfg.TEST.DTYPE, "TEST.DTYPE")  # a bad value fails here, in one line
         self.cpu_device = torch.device("cpu")
 
         model = build_detection_model(self.cfg)

@@ -120,3 +120,30 @@ def test_compute_on_dataset_runs_the_model_in_the_given_dtype():
     compute_on_dataset(model, loader, "cpu", dtype="bfloat16")
     compute_on_dataset(model, loader, "cpu")
     assert seen == [(True, torch.bfloat16), (False, seen[1][1])]
+
+
+def test_unknown_test_dtype_is_one_line_in_test_net_and_the_demo(tmp_path, tiny_model):  # noqa: F811
+    from atss_core.engine.launch import load_config
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("MODEL:\n  ATSS_ON: True\n")
+    expected = "TEST.DTYPE must be one of float32, bfloat16, float16, got 'half'"
+    with pytest.raises(SystemExit) as exit_info:
+        load_config(default_cfg.clone(), str(config_file), ["TEST.DTYPE", "half"])
+    assert str(exit_info.value.code) == f"error: {expected}"
+    _, _, cfg = tiny_model
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.TEST.DTYPE = "half"
+    with pytest.raises(ValueError, match=expected):
+        COCODemo(cfg)
+
+
+def test_run_test_passes_test_dtype_to_inference(monkeypatch):
+    from atss_core.engine import launch
+    calls = []
+    monkeypatch.setattr(launch, "make_data_loader", lambda cfg, is_train, is_distributed: ["loader"])
+    monkeypatch.setattr(launch, "inference", lambda model, loader, **kwargs: calls.append(kwargs["dtype"]))
+    cfg = default_cfg.clone()
+    cfg.merge_from_list(["DATASETS.TEST", ("set",), "OUTPUT_DIR", "", "TEST.DTYPE", "float16"])
+    launch.run_test(cfg, SimpleNamespace(prepare_for_inference=lambda: None), distributed=False)
+    assert calls == ["float16"]

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from atss_core.config import merge_config
 from atss_core.data import make_data_loader
 from atss_core.engine.inference import inference
+from atss_core.engine.precision import autocast_dtype
 from atss_core.solver import resolve_autocast_dtype
 from atss_core.utils.comm import synchronize
 
@@ -32,10 +33,12 @@ def parse_command_line(parser, argv=None):
 
 def load_config(cfg, config_file, opts):
     """``merge_config`` for train_net / test_net, plus the checks that need the merged config
-    (MODEL.DEVICE usable here, a known DTYPE): a user error exits with its one-line message."""
+    (MODEL.DEVICE usable here, a known DTYPE and TEST.DTYPE): a user error exits with its
+    one-line message."""
     try:
         merge_config(cfg, config_file, opts)
         resolve_autocast_dtype(cfg)
+        autocast_dtype(cfg.TEST.DTYPE, "TEST.DTYPE")
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     check_device(cfg.MODEL.DEVICE)
