@@ -2,8 +2,7 @@
 
 PyTorch picks the CPU convolution kernel by a size heuristic (``ConvParams::use_mkldnn``): a
 float32 conv goes to the unblocked im2col + GEMM fallback, ``aten::_slow_conv2d_forward`` /
-``_backward`` (one GEMM per image, NCHW only, so a channels_last batch is converted there and
-back), when
+``_backward`` (one GEMM per image), when
 
 * the kernel is 1x1 with stride 1, the batch has fewer than 16 images and only one thread
   runs: every bottleneck's 1x1 convs, the FPN laterals and MobileNetV2's expand / project
