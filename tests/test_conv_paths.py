@@ -1,17 +1,21 @@
-"""Which CPU convolution kernels the detector runs (behaviour, not timing).
+"""Which CPU kernels and passes the detector's convolutions run (behaviour, not timing).
 
 PyTorch's size heuristic sends small-batch 1x1 convs (one thread) and batch-1 convs on small
 maps to ``aten::_slow_conv2d_forward`` / ``_backward``; ``OneDNNConv2d`` keeps every conv of the
-model off it. The profiler's op names are the oracle for the path, ``nn.Conv2d`` for the values.
+model off it, and applies the FrozenBatchNorm2d after it inside the conv. The profiler's op names
+are the oracle for the path, ``nn.Conv2d`` + ``FrozenBatchNorm2d`` for the values.
 """
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from atss_core.config import cfg as default_cfg
-from atss_core.layers import OneDNNConv2d, use_onednn_convolutions
+from atss_core.layers import FrozenBatchNorm2d, OneDNNConv2d, use_onednn_convolutions
 from atss_core.modeling.detector import build_detection_model
+from atss_core.modeling.fuse import apply_frozen_bn_in_convs
 from atss_core.structures.bounding_box import BoxList
 from conftest import REPO_ROOT
 
@@ -112,3 +116,58 @@ def test_conversion_skips_subclasses_and_other_padding_modes():
     model = use_onednn_convolutions(nn.Sequential(
         nn.Conv2d(3, 3, 3), Custom(3, 3, 3), nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect")))
     assert [type(layer) for layer in model] == [OneDNNConv2d, Custom, nn.Conv2d]
+
+
+def random_frozen_norm(channels):
+    norm = FrozenBatchNorm2d(channels)
+    norm.weight.uniform_(0.5, 2.0)
+    norm.bias.normal_()
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2.0)
+    return norm
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_frozen_norm_applied_in_conv_matches_the_pair(bias):
+    reference = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, bias=bias), random_frozen_norm(6))
+    linked = apply_frozen_bn_in_convs(use_onednn_convolutions(copy.deepcopy(reference)))
+    assert linked[0].frozen_norm is linked[1] and linked[1].applied_by_conv
+    assert list(linked.state_dict()) == list(reference.state_dict())  # the norm stays saved where it was
+    images = torch.randn(2, 4, 7, 9)
+
+    outputs, grads = [], []
+    for model in (reference, linked):
+        inputs = images.clone().requires_grad_()
+        output = model(inputs)
+        (output * torch.linspace(-1, 1, output.numel()).view_as(output)).sum().backward()
+        outputs.append(output)
+        grads.append([inputs.grad] + [p.grad for p in model.parameters()])
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    for linked_grad, reference_grad in zip(grads[1], grads[0]):
+        torch.testing.assert_close(linked_grad, reference_grad, rtol=1e-5, atol=1e-5)
+
+    moved = copy.deepcopy(linked)
+    assert moved[0].frozen_norm is moved[1]  # copies keep the link inside the copy
+
+
+def test_detector_runs_no_norm_pass_for_frozen_batch_norms():
+    model = small_detector("atss/atss_R_50_FPN_1x.yaml", False).train()
+    # Every bottleneck norm, stem norm and downsample norm is linked to its conv.
+    norms = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert len(norms) == 53 and all(norm.applied_by_conv for norm in norms)
+    height, width = 64, 96
+    used = op_names(lambda: sum(model(torch.randn(2, 3, height, width),
+                                      two_box_targets(width, height)).values()).backward())
+    assert "aten::addcmul" not in used  # FrozenBatchNorm2d's own pass
+
+
+def test_prepare_for_inference_folds_linked_norms_once():
+    model = small_detector("atss/atss_R_50_FPN_1x.yaml", False).eval()
+    images = torch.randn(1, 3, 64, 96) * 50
+    with torch.no_grad():
+        before = model.backbone(images)
+        model.prepare_for_inference()
+        after = model.backbone(images.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, OneDNNConv2d) and m.frozen_norm is not None for m in model.modules())
+    for level_before, level_after in zip(before, after):
+        torch.testing.assert_close(level_after, level_before, rtol=1e-4, atol=1e-3)

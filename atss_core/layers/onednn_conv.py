@@ -20,6 +20,11 @@ instead, ``F.linear`` on the NHWC view of a channels_last batch (no layout copy)
 and scripted / traced / compiled graphs keep ``nn.Conv2d``'s dispatch.
 ``use_onednn_convolutions(model)`` switches every plain ``nn.Conv2d`` of a model to it, keeping
 parameters and state-dict names.
+
+A ``OneDNNConv2d`` can also apply the ``FrozenBatchNorm2d`` after it (``frozen_norm``, linked by
+``atss_core.modeling.fuse.apply_frozen_bn_in_convs``, on any device): the norm's per-channel
+affine map is folded into the weight and bias at every forward, so training and plain evaluation
+skip the norm's pass over the activations, forward and backward.
 """
 from typing import Optional
 
@@ -31,7 +36,17 @@ __all__ = ["OneDNNConv2d", "use_onednn_convolutions"]
 
 
 class OneDNNConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (zero padding) that keeps CPU float32 tensors off PyTorch's slow kernel."""
+    """``nn.Conv2d`` (zero padding) that keeps CPU float32 tensors off PyTorch's slow kernel and
+    applies its ``frozen_norm`` (a FrozenBatchNorm2d that stays registered where it was, or None)."""
+
+    frozen_norm = None
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if not torch.jit.is_scripting():
+            if self.frozen_norm is not None:
+                weight, bias = self.frozen_norm.fold_into(weight, bias)
+        return self._conv_forward(input, weight, bias)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
                       bias: Optional[torch.Tensor]) -> torch.Tensor:

@@ -15,7 +15,44 @@ going to train or save as a checkpoint::
 import torch
 from torch import nn
 
-from atss_core.layers import FrozenBatchNorm2d
+from atss_core.layers import FrozenBatchNorm2d, OneDNNConv2d
+
+
+def _conv_norm_pairs(model, is_norm):
+    """(parent, conv, norm name) of every ``nn.Conv2d`` -> norm pair of ``model`` whose norm
+    passes ``is_norm``: consecutive children of an ``nn.Sequential``, and sibling children
+    ``conv<k>`` / ``bn<k>`` of any other module."""
+    pairs = []
+    for parent in model.modules():
+        children = dict(parent.named_children())
+        if isinstance(parent, nn.Sequential):
+            names = list(children)
+            candidates = zip(names[:-1], names[1:])
+        else:
+            candidates = (("conv" + name[2:], name) for name in children
+                          if name.startswith("bn"))
+        for conv_name, norm_name in candidates:
+            conv, norm = children.get(conv_name), children[norm_name]
+            if isinstance(conv, nn.Conv2d) and is_norm(norm):
+                pairs.append((parent, conv, norm_name))
+    return pairs
+
+
+def apply_frozen_bn_in_convs(model):
+    """Let every ``OneDNNConv2d`` -> ``FrozenBatchNorm2d`` pair of ``model`` run as one conv, in
+    place, for training and evaluation alike: the conv folds the norm into its weights at each
+    forward and the norm passes its input through. Both keep their parameters, buffers and
+    state-dict names, so checkpoints and gradients are those of the unfolded pair.
+
+    Returns the same ``model``.
+    """
+    for parent, conv, norm_name in _conv_norm_pairs(model, lambda m: isinstance(m, FrozenBatchNorm2d)):
+        if isinstance(conv, OneDNNConv2d):
+            norm = getattr(parent, norm_name)
+            # A plain attribute, not a submodule: the norm stays registered (and saved) where it was.
+            object.__setattr__(conv, "frozen_norm", norm)
+            norm.applied_by_conv = True
+    return model
 
 
 def fuse_frozen_bn(model):
@@ -34,22 +71,10 @@ def fuse_frozen_bn(model):
         ValueError: a ``BatchNorm2d`` that would be folded is in training mode (its output
             depends on the batch, so it cannot be folded; call ``model.eval()`` first).
     """
-    pairs = []
-    for parent in model.modules():
-        children = dict(parent.named_children())
-        if isinstance(parent, nn.Sequential):
-            names = list(children)
-            candidates = zip(names[:-1], names[1:])
-        else:
-            candidates = (("conv" + name[2:], name) for name in children
-                          if name.startswith("bn"))
-        for conv_name, norm_name in candidates:
-            conv, norm = children.get(conv_name), children[norm_name]
-            if isinstance(conv, nn.Conv2d) and _is_foldable_norm(norm):
-                pairs.append((parent, conv, norm_name))
-
+    pairs = _conv_norm_pairs(model, _is_foldable_norm)
     # Fold only after the walk: replacing children while iterating modules() is unsafe.
     for parent, conv, norm_name in pairs:
+        conv.__dict__.pop("frozen_norm", None)  # folded for good now (apply_frozen_bn_in_convs)
         _fold_into_conv(conv, getattr(parent, norm_name))
         setattr(parent, norm_name, nn.Identity())
     return model

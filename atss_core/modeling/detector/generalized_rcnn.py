@@ -13,7 +13,7 @@ from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.image_list import to_image_list
 
 from ..backbone import build_backbone
-from ..fuse import fuse_frozen_bn
+from ..fuse import apply_frozen_bn_in_convs, fuse_frozen_bn
 from ..rpn.atss.atss import ATSSModule
 
 __all__ = ["GeneralizedRCNN", "check_targets"]
@@ -51,6 +51,9 @@ class GeneralizedRCNN(nn.Module):
         # PyTorch's size heuristic would run small-batch 1x1 convs (one thread) and small maps
         # (batch 1) on its slow reference kernel; see atss_core/layers/onednn_conv.py.
         use_onednn_convolutions(self)
+        # Each FrozenBatchNorm2d is folded into the conv before it at every forward: no pass of
+        # its own over the activations in training or plain evaluation; same state dict.
+        apply_frozen_bn_in_convs(self)
         # NHWC memory order for the conv weights and the input batch: same results, faster
         # oneDNN / cuDNN kernels (about 1.3x for the quick-start training step on CPU).
         self.channels_last = cfg.MODEL.CHANNELS_LAST
