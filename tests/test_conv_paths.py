@@ -53,6 +53,22 @@ def two_box_targets(width, height):
     return targets
 
 
+def assert_same_values_and_grads(module, reference, images):
+    """``module`` and ``reference`` agree on ``images`` in output, input gradient and parameter
+    gradients (float rounding apart); returns ``module``'s output."""
+    outputs, grads = [], []
+    for model in (module, reference):
+        inputs = images.clone().requires_grad_()
+        output = model(inputs)
+        (output * torch.linspace(-1, 1, output.numel()).view_as(output)).sum().backward()
+        outputs.append(output)
+        grads.append([inputs.grad] + [p.grad for p in model.parameters()])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for grad, reference_grad in zip(grads[0], grads[1]):
+        torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-5)
+    return outputs[0]
+
+
 @pytest.mark.parametrize("config", ["atss/atss_R_50_FPN_1x.yaml", "quickstart/atss_mnv2_fpn_shapes.yaml"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_no_slow_conv_in_training_step_or_inference(one_thread, config, channels_last):
@@ -87,17 +103,8 @@ def test_onednn_conv_matches_nn_conv2d_values_and_grads(one_thread, geometry, me
     fast.load_state_dict(reference.state_dict())  # same names, same parameters
     images = torch.randn(2, 8, 9, 11).contiguous(memory_format=memory_format)
 
-    outputs, grads = [], []
-    for conv in (reference, fast):
-        inputs = images.clone().requires_grad_()
-        output = conv(inputs)
-        (output * torch.linspace(-1, 1, output.numel()).view_as(output)).sum().backward()
-        outputs.append(output)
-        grads.append([inputs.grad] + [p.grad for p in conv.parameters()])
-    assert outputs[1].is_contiguous(memory_format=memory_format)
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
-    for fast_grad, reference_grad in zip(grads[1], grads[0]):
-        torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-5, atol=1e-5)
+    output = assert_same_values_and_grads(fast, reference, images)
+    assert output.is_contiguous(memory_format=memory_format)
     with torch.no_grad():  # the oneDNN conv for every geometry
         torch.testing.assert_close(fast(images), reference(images), rtol=1e-5, atol=1e-5)
 
@@ -135,16 +142,7 @@ def test_frozen_norm_applied_in_conv_matches_the_pair(bias):
     assert list(linked.state_dict()) == list(reference.state_dict())  # the norm stays saved where it was
     images = torch.randn(2, 4, 7, 9)
 
-    outputs, grads = [], []
-    for model in (reference, linked):
-        inputs = images.clone().requires_grad_()
-        output = model(inputs)
-        (output * torch.linspace(-1, 1, output.numel()).view_as(output)).sum().backward()
-        outputs.append(output)
-        grads.append([inputs.grad] + [p.grad for p in model.parameters()])
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
-    for linked_grad, reference_grad in zip(grads[1], grads[0]):
-        torch.testing.assert_close(linked_grad, reference_grad, rtol=1e-5, atol=1e-5)
+    assert_same_values_and_grads(linked, reference, images)
 
     moved = copy.deepcopy(linked)
     assert moved[0].frozen_norm is moved[1]  # copies keep the link inside the copy
