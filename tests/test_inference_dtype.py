@@ -3,6 +3,7 @@
 Oracles: the float32 run of the same model, and the unit roundoff of each type (bfloat16 keeps 8
 significant bits, u = 2**-9 ~ 0.002; float16 11 bits, u = 2**-12 ~ 0.00024).
 """
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -13,8 +14,9 @@ from atss_core.engine.inference import compute_on_dataset
 from atss_core.engine.precision import inference_autocast
 from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.image_list import ImageList
-from conftest import load_golden
+from conftest import DEVICES, load_golden
 from test_demo import LANDSCAPE_BOX, LANDSCAPE_HW, SCORES, labels_and_scores, noise_image, tiny_model  # noqa: F401
+from test_head_postprocess import ieee_fp32_convs  # noqa: F401 (autouse: float32 reference without TF32)
 from test_model_golden import filled_r50
 
 from demo.predictor import COCODemo
@@ -25,8 +27,8 @@ from demo.predictor import COCODemo
 HEAD_TOLERANCE = {"bfloat16": 0.08, "float16": 0.012}
 
 
-def autocast_state():
-    return torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+def autocast_state(device_type="cpu"):
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -59,18 +61,21 @@ def prepared_r50_and_image():
     return model, ImageList(golden["batched_images"][:1], [(height, width)])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_network_runs_in_dtype_and_postprocessing_in_float32(prepared_r50_and_image, dtype):
+def test_network_runs_in_dtype_and_postprocessing_in_float32(prepared_r50_and_image, dtype, device):
     model, images = prepared_r50_and_image
+    if device != "cpu":
+        model, images = copy.deepcopy(model).to(device), images.to(device)
     seen = {}
     head_hook = model.rpn.head.register_forward_hook(lambda m, i, out: seen.__setitem__("head", out))
     post_hook = model.rpn.box_selector_test.register_forward_pre_hook(
-        lambda m, args: seen.__setitem__("post", (args, autocast_state()[0])))
+        lambda m, args: seen.__setitem__("post", (args, autocast_state(images.tensors.device.type)[0])))
     try:
         with torch.inference_mode():
             reference = model(images)[0]
             reference_head = seen["head"]
-            with inference_autocast(dtype, "cpu"):
+            with inference_autocast(dtype, device):
                 detections = model(images)[0]
     finally:
         head_hook.remove()
