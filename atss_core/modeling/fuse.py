@@ -1,10 +1,12 @@
-"""Fold frozen batch norms into the convolutions that feed them, for faster inference.
+"""Fold frozen batch norms into the convolutions that feed them.
 
 A frozen norm is a fixed per-channel affine map ``y = x * scale + shift``, so
 ``norm(conv(x)) == conv'(x)`` with ``W' = W * scale`` (per output channel) and
 ``b' = b * scale + shift``. Folding removes one full pass over every activation map.
 
-This rewrites the model in place and changes its state dict (the norm keys disappear and
+``apply_frozen_bn_in_convs`` folds at every forward and keeps both modules and the state dict
+(training and evaluation; ``GeneralizedRCNN`` does it when built). ``fuse_frozen_bn`` folds once,
+for inference: it rewrites the model in place and changes its state dict (the norm keys disappear and
 the convs gain a ``bias``), so apply it to an inference copy, never to a model you are
 going to train or save as a checkpoint::
 
