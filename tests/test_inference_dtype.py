@@ -121,7 +121,7 @@ def test_compute_on_dataset_runs_the_model_in_the_given_dtype():
         seen.append(autocast_state())
         return [BoxList(torch.zeros(0, 4), (8, 8))]
     model.eval = lambda: None
-    loader = [(SimpleNamespace(to=lambda device: None), None, [0])]
+    loader = [(ImageList(torch.zeros(1, 3, 8, 8), [(8, 8)]), None, [0])]
     compute_on_dataset(model, loader, "cpu", dtype="bfloat16")
     compute_on_dataset(model, loader, "cpu")
     assert seen == [(True, torch.bfloat16), (False, seen[1][1])]
