@@ -22,6 +22,7 @@ standard ``NonMaxSuppression`` op with one class per score row (float32 IoU arit
 pair whose IoU lies within float32 rounding of the threshold may resolve differently).
 """
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -58,18 +59,13 @@ def torchvision_class_nms(boxes, rank_scores, labels, iou_threshold):
 
 @torch.library.custom_op("atss_export::class_nms", mutates_args=())
 def _onnx_class_nms(boxes: torch.Tensor, class_scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Stand-in for ONNX ``NonMaxSuppression`` while exporting: boxes (1, M, 4) with "+1"
-    already applied, class_scores (1, C, M) (zero outside a box's class). Returns the kept
-    box indices (K,) in no particular order."""
+    """What ONNX ``NonMaxSuppression`` computes (``export_onnx`` maps this op to it): boxes (1, M, 4)
+    with "+1" already applied, class_scores (1, C, M), zero outside a box's class. Returns the
+    kept box indices (K,) in no particular order."""
     labels = class_scores[0].argmax(0)
     scores = class_scores[0].amax(0)
     boxes = boxes[0] - boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
     return torchvision_class_nms(boxes, scores, labels, iou_threshold)
-
-
-@_onnx_class_nms.register_fake
-def _(boxes, class_scores, iou_threshold):
-    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
 
 
 def onnx_class_nms(boxes, rank_scores, labels, iou_threshold, num_classes):
@@ -79,28 +75,6 @@ def onnx_class_nms(boxes, rank_scores, labels, iou_threshold, num_classes):
     class_scores = torch.where(labels[None, :] == classes[:, None], rank_scores[None, :], 0.0)
     kept = _onnx_class_nms(_plus_one_boxes(boxes)[None], class_scores[None], float(iou_threshold))
     return torch.sort(kept).values  # candidates are in descending score order
-
-
-def _nonmaxsuppression_translation(boxes, class_scores, iou_threshold: float):
-    """ONNX graph of ``atss_export::class_nms`` (used by ``export_onnx``)."""
-    from onnxscript import opset18 as op
-
-    selected = op.NonMaxSuppression(
-        boxes, class_scores,
-        op.Constant(value_ints=[2 ** 31 - 1]),  # no per-class output limit
-        op.Constant(value_floats=[iou_threshold]),
-        op.Constant(value_floats=[0.5]))  # rank scores are >= 1; other classes' rows hold 0
-    return op.Reshape(op.Gather(selected, op.Constant(value_ints=[2]), axis=1), op.Constant(value_ints=[-1]))
-
-
-def _stable_sort_translation(self, stable=None, dim: int = -1, descending: bool = False):
-    """ONNX graph of ``torch.sort(..., stable=True)``: ``TopK`` over the whole axis, which the ONNX
-    standard defines as stable (equal values: lower index first)."""
-    from onnxscript import opset18 as op
-
-    count = op.Gather(op.Shape(self), op.Constant(value_ints=[dim]), axis=0)
-    values, indices = op.TopK(self, count, axis=dim, largest=1 if descending else 0, sorted=1)
-    return values, indices
 
 
 def check_exportable(model):
@@ -195,3 +169,67 @@ class ExportableATSS(nn.Module):
             capped = (scores >= padded[self.detections_per_image - 1]).nonzero().reshape(-1)
             boxes, scores, labels = boxes[capped], scores[capped], labels[capped]
         return boxes, scores, labels
+
+
+def _nms_symbolic(g, boxes, class_scores, iou_threshold):
+    """``atss_export::class_nms`` as ONNX ``NonMaxSuppression`` + the box-index column."""
+    def constant(values, dtype):
+        return g.op("Constant", value_t=torch.tensor(values, dtype=dtype))
+
+    iou_threshold = torch.onnx.symbolic_helper._maybe_get_const(iou_threshold, "f")
+    selected = g.op("NonMaxSuppression", boxes, class_scores,
+                    constant([2 ** 31 - 1], torch.int64),  # no per-class output limit
+                    constant([iou_threshold], torch.float32),
+                    constant([0.5], torch.float32))  # rank scores are >= 1, other classes' rows 0
+    box_column = g.op("Gather", selected, constant([2], torch.int64), axis_i=1)
+    return g.op("Reshape", box_column, constant([-1], torch.int64))
+
+
+def _sort_symbolic(g, values, *args):
+    """``torch.sort`` (stable or not) as ONNX ``TopK`` over the whole axis, which the ONNX standard
+    defines as stable (equal values: lower index first)."""
+    dim, descending = (torch.onnx.symbolic_helper._maybe_get_const(arg, kind)
+                       for arg, kind in zip(args[-2:], "ib"))
+    count = g.op("Gather", g.op("Shape", values), g.op("Constant", value_t=torch.tensor([dim])), axis_i=0)
+    return g.op("TopK", values, count, axis_i=dim, largest_i=int(bool(descending)), sorted_i=1, outputs=2)
+
+
+ONNX_OPSET = 17
+
+
+def export_onnx(model, example_image, path):
+    """Write ``ExportableATSS(model, nms="onnx")`` to the ONNX file ``path``; H and W stay dynamic.
+
+    Uses the TorchScript-based exporter (a trace, as for ``export_torchscript``): the
+    torch.export-based one gives the same graph but takes about six times longer. example_image:
+    (1, 3, H, W) float32 with at least one detection, so that every post-processing step is traced.
+    """
+    exportable = ExportableATSS(model, nms="onnx").eval()
+    symbolics = {"atss_export::class_nms": _nms_symbolic, "aten::sort": _sort_symbolic}
+    for name, symbolic in symbolics.items():
+        torch.onnx.register_custom_op_symbolic(name, symbolic, ONNX_OPSET)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            torch.onnx.export(
+                exportable, (example_image,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                input_names=["image"], output_names=list(OUTPUT_NAMES),
+                dynamic_axes={"image": {2: "height", 3: "width"},
+                              **{name: {0: "detections"} for name in OUTPUT_NAMES}})
+    finally:
+        for name in symbolics:
+            torch.onnx.unregister_custom_op_symbolic(name, ONNX_OPSET)
+
+
+def export_torchscript(model, example_image, path):
+    """Write ``ExportableATSS(model)`` traced on ``example_image`` ((1, 3, H, W), with at least one
+    detection) to ``path``; it runs with ``torch.jit.load`` once torchvision is imported."""
+    exportable = ExportableATSS(model).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # jit.trace is deprecated
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        traced = torch.jit.trace(exportable, (example_image,), check_trace=False)
+    # An inference file: outputs that need no torch.no_grad() to become numpy arrays.
+    traced.requires_grad_(False)
+    traced.save(str(path))
