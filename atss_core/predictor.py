@@ -14,6 +14,7 @@ fast path (``prepare_for_inference``), and the boxes come back in the original i
 """
 import json
 import logging
+import os
 
 import numpy as np
 import torch
@@ -112,7 +113,7 @@ def load_inference_model(cfg, weights, fuse=True, channels_last=True):
     device = _check_device(cfg.MODEL.DEVICE)
     model = build_detection_model(cfg).eval()
     # No save_dir: a last_checkpoint left in OUTPUT_DIR must not replace the weights asked for.
-    DetectronCheckpointer(cfg, model, save_dir="").load(weights, allow_shape_mismatch=False)
+    DetectronCheckpointer(cfg, model, save_dir="").load(os.fspath(weights), allow_shape_mismatch=False)
     model.to(device)
     if fuse:
         model.prepare_for_inference(channels_last=channels_last)
@@ -146,6 +147,7 @@ class Predictor:
         return predictor
 
     def _setup(self, cfg, weights, input_format, fuse, class_names=None):
+        """weights: a path, URL or catalog:// name; the rest as in ``from_config``."""
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"input_format must be 'BGR' or 'RGB', got {input_format!r}")
         self.cfg = cfg
