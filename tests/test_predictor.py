@@ -81,9 +81,12 @@ print(json.dumps({"boxes": result["boxes"].tolist(), "labels": result["labels"].
 
 
 def _copy_sources(destination):
-    """The checkout's tracked files (mtimes kept), plus its compiled extension where it is no
-    older than csrc/, placed where setup.py's build step looks, so it is reused unless
-    ATSS_TEST_WHEEL_COMPILE=1 asks for a full compile."""
+    """The checkout's tracked files (mtimes kept), plus its compiled extension placed where
+    setup.py's build step looks, unless ATSS_TEST_WHEEL_COMPILE=1 asks for a full compile.
+
+    Returns the environment for ``pip wheel``: when the extension was placed, ninja is left off
+    PATH, because torch's ninja backend always recompiles while the plain one skips an extension
+    that is newer than its sources (a compile takes minutes on a loaded 2-core machine)."""
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
     for name in tracked.decode().split("\0"):
         if name and (REPO_ROOT / name).is_file():
@@ -94,6 +97,10 @@ def _copy_sources(destination):
         build_lib = destination / "build" / f"lib.{sysconfig.get_platform()}-{sys.implementation.cache_tag}" / "atss_core"
         build_lib.mkdir(parents=True)
         shutil.copy2(built[0], build_lib / built[0].name)
+        path = [folder for folder in os.environ.get("PATH", "").split(os.pathsep)
+                if not (Path(folder) / "ninja").exists()]
+        return {**os.environ, "PATH": os.pathsep.join(path)}
+    return dict(os.environ)
 
 
 def test_wheel_installs_and_predicts_outside_checkout(tiny_model, tmp_path):
@@ -103,9 +110,9 @@ def test_wheel_installs_and_predicts_outside_checkout(tiny_model, tmp_path):
     sources, wheels, venv, elsewhere = (tmp_path / name for name in ("src", "wheels", "venv", "elsewhere"))
     sources.mkdir()
     elsewhere.mkdir()
-    _copy_sources(sources)
+    build_environment = _copy_sources(sources)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q",
-                    "-w", str(wheels), str(sources)], check=True, timeout=1800)
+                    "-w", str(wheels), str(sources)], check=True, timeout=1800, env=build_environment)
     wheel = next(wheels.glob("atss_core-*.whl"))
 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
