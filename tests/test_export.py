@@ -7,9 +7,14 @@ each format serves images of several sizes, some not multiples of SIZE_DIVISIBIL
 """
 import copy
 import json
+import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -205,3 +210,38 @@ def test_tool_names_missing_onnx_packages(monkeypatch, quickstart, tmp_path):
     with pytest.raises(SystemExit, match="ONNX export needs onnxruntime: pip install onnxruntime"):
         export_model.main(["--config-file", str(QUICKSTART_CONFIG), "--weights", str(quickstart[1]),
                            "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
+
+
+def readme_blocks(section):
+    """(language, code) of each fenced block in the README section titled ``section``."""
+    text = (REPO_ROOT / "README.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", body, flags=re.S)
+
+
+def test_readme_export_examples_run_as_written(quickstart, tmp_path):
+    """Every block of "Export and deployment", run from a folder laid out like the checkout after
+    the quick-start training (weights at output/quickstart/model_final.pth), on a photo.jpg."""
+    model, weights, _ = quickstart
+    for name in ("tools", "configs"):
+        (tmp_path / name).symlink_to(REPO_ROOT / name)
+    (tmp_path / "output" / "quickstart").mkdir(parents=True)
+    shutil.copy(weights, tmp_path / "output" / "quickstart" / "model_final.pth")
+    photo = np.full((240, 360, 3), 200, np.uint8)
+    photo[60:180, 90:210] = (30, 160, 40)  # a green square on grey
+    cv2.imwrite(str(tmp_path / "photo.jpg"), photo)
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+    blocks = readme_blocks("Export and deployment")
+    assert [language for language, _ in blocks] == ["python", "bash", "python"]
+    for language, code in blocks:
+        if language == "bash":
+            command = code.replace(".venv/bin/python", shlex.quote(sys.executable))
+            result = subprocess.run(["bash", "-ec", command], cwd=tmp_path, env=environment, capture_output=True,
+                                    text=True, timeout=900)
+        else:
+            result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment,
+                                    capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{language} block failed:\n{code}\n{result.stderr[-2000:]}"
+    assert (tmp_path / "atss_quickstart.onnx").is_file() and (tmp_path / "atss_quickstart.pt").is_file()
+    assert result.stdout.count("\n") > 0, "the onnxruntime example found nothing to print"
