@@ -12,6 +12,7 @@ import argparse
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,7 +61,9 @@ def main(argv=None):
         runners["onnxruntime"] = lambda: session.run(None, {"image": image[None].numpy()})
         if not args.skip_torchscript:
             export_torchscript(model, image[None], Path(folder) / "model.pt")
-            scripted = torch.jit.load(str(Path(folder) / "model.pt"))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning)  # jit.load is deprecated
+                scripted = torch.jit.load(str(Path(folder) / "model.pt"))
             runners["TorchScript"] = lambda: scripted(image[None])
     model.prepare_for_inference()  # channels_last, as tools/test_net.py runs it
     runners = {"PyTorch fast path": lambda: model([image]), **runners}
