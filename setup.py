@@ -8,6 +8,10 @@ a GPU). Choose the GPU architectures with ``TORCH_CUDA_ARCH_LIST`` (e.g. "8.0;9.
 Development install (builds ``atss_core/_C*.so`` in place)::
 
     pip install --no-build-isolation -e .
+
+A wheel (compiled ops and the configs, as ``atss_core/configs``, included)::
+
+    pip wheel --no-build-isolation --no-deps .
 """
 import glob
 import os
@@ -98,7 +102,10 @@ setup(
     version="0.1",
     description="ATSS object detector (re-implementation of sfzhang15/ATSS for current PyTorch)",
     url="https://github.com/sfzhang15/ATSS",
-    packages=find_packages(exclude=("configs", "tests", "tools", "demo")),
+    packages=find_packages(exclude=("configs", "tests", "tools", "demo")) + ["atss_core.configs"],
+    # The top-level configs/ folder stays the one source; wheels carry it as atss_core/configs.
+    package_dir={"atss_core.configs": "configs"},
+    package_data={"atss_core.configs": ["*.yaml", "**/*.yaml"]},
     python_requires=">=3.9",
     install_requires=["torch", "torchvision", "yacs", "pycocotools", "tqdm", "matplotlib", "numpy"],
     ext_modules=get_extensions(),

@@ -16,46 +16,18 @@ model, one ``confidence_threshold`` otherwise (default 0.5). Class names come fr
 categories of the config's data set json, so models trained on other data are labelled right.
 """
 import json
-import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
-from atss_core.data.build import QUICKSTART_PREFIX
-from atss_core.data.transforms import build_transforms
-from atss_core.engine.precision import autocast_dtype, inference_autocast
-from atss_core.modeling.detector import build_detection_model
-from atss_core.structures.image_list import to_image_list
-from atss_core.utils.checkpoint import DetectronCheckpointer
-from atss_core.utils.imports import import_file
+from atss_core.predictor import COCO_CATEGORIES, COCO_NUM_CLASSES, Predictor, class_names_from_config
 
 __all__ = ["COCODemo", "DetectionDemo", "class_colors", "class_names_from_config", "load_coco_thresholds"]
 
-logger = logging.getLogger(__name__)
-
 COCO_THRESHOLDS_FILE = Path(__file__).resolve().with_name("coco_demo_thresholds.json")
 DEFAULT_CONFIDENCE_THRESHOLD = 0.5
-COCO_NUM_CLASSES = 81  # 80 categories + background
-
-# The 80 COCO categories in contiguous label order 1..80 (json category id order).
-COCO_CATEGORIES = (
-    "__background",
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
-)
-
-
 def load_coco_thresholds(path=COCO_THRESHOLDS_FILE):
     """The original demo's per-class score thresholds for the 80 COCO classes (labels 1..80)."""
     with open(path) as f:
@@ -63,52 +35,6 @@ def load_coco_thresholds(path=COCO_THRESHOLDS_FILE):
     if len(thresholds) != COCO_NUM_CLASSES - 1:
         raise ValueError(f"{path} lists {len(thresholds)} thresholds, expected {COCO_NUM_CLASSES - 1}")
     return [float(t) for t in thresholds]
-
-
-def _categories_in_json(ann_file):
-    """Category names of a COCO json in the order COCODataset numbers them, or None if unreadable."""
-    try:
-        with open(ann_file) as f:
-            categories = json.load(f).get("categories")
-    except (OSError, ValueError):
-        return None
-    if not categories:
-        return None
-    return tuple(str(category["name"]) for category in categories)
-
-
-def class_names_from_config(cfg):
-    """``("__background", name_1, ..., name_C)`` for the model of ``cfg``.
-
-    Looks at the categories of the json of DATASETS.TEST[0], then DATASETS.TRAIN[0] (catalog of
-    PATHS_CATALOG); without a readable json that fits NUM_CLASSES it falls back to the shape
-    names for the quick-start set, the COCO names for NUM_CLASSES 81, and "class k" otherwise.
-    """
-    num_classes = cfg.MODEL.ATSS.NUM_CLASSES
-    dataset_names = [names[0] for names in (cfg.DATASETS.TEST, cfg.DATASETS.TRAIN) if names]
-    try:
-        catalog = import_file("atss_core.config.paths_catalog", cfg.PATHS_CATALOG, True).DatasetCatalog
-    except (FileNotFoundError, ValueError):
-        catalog = None
-    for dataset_name in dataset_names if catalog is not None else ():
-        try:
-            ann_file = catalog.get(dataset_name)["args"].get("ann_file")
-        except (RuntimeError, ValueError):
-            continue
-        names = _categories_in_json(ann_file) if ann_file else None
-        if names is not None and len(names) == num_classes - 1:
-            return ("__background",) + names
-
-    if any(name.startswith(QUICKSTART_PREFIX) for name in dataset_names):
-        # The set is generated on first use; its json lists exactly these categories.
-        from atss_core.data.datasets.synthetic_shapes import CLASS_NAMES
-        if len(CLASS_NAMES) == num_classes - 1:
-            return ("__background",) + tuple(CLASS_NAMES)
-    if num_classes == COCO_NUM_CLASSES:
-        return COCO_CATEGORIES
-    logger.warning("no category names found for DATASETS %s; labelling detections 'class k'",
-                   dataset_names)
-    return ("__background",) + tuple(f"class {label}" for label in range(1, num_classes))
 
 
 def class_colors(num_labels):
@@ -119,14 +45,6 @@ def class_colors(num_labels):
     hues = (np.arange(num_labels) * 0.618034 % 1.0 * 180).astype(np.uint8)  # OpenCV hue: 0..179
     hsv = np.stack([hues, np.full_like(hues, 220), np.full_like(hues, 240)], axis=1)
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2BGR)[0]
-
-
-def _check_device(device_name):
-    device = torch.device(device_name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"MODEL.DEVICE is {device_name!r} but no CUDA device is available; "
-                         "set MODEL.DEVICE cpu")
-    return device
 
 
 class COCODemo:
@@ -149,32 +67,17 @@ class COCODemo:
 
     def __init__(self, cfg, confidence_thresholds_for_classes=None, min_image_size=None,
                  confidence_threshold=None, class_names=None, fuse=True):
-        self.cfg = cfg.clone()
+        cfg = cfg.clone()
         if min_image_size is not None:
-            self.cfg.defrost()
-            self.cfg.INPUT.MIN_SIZE_TEST = int(min_image_size)
-            self.cfg.freeze()
-        self.device = _check_device(self.cfg.MODEL.DEVICE)
-        autocast_dtype(self.cfg.TEST.DTYPE, "TEST.DTYPE")  # a bad value fails here, in one line
-        self.cpu_device = torch.device("cpu")
-
-        model = build_detection_model(self.cfg)
-        model.eval()
-        # No save_dir: a last_checkpoint left in OUTPUT_DIR must not replace the weights asked for.
-        DetectronCheckpointer(self.cfg, model, save_dir="").load(self.cfg.MODEL.WEIGHT, allow_shape_mismatch=False)
-        model.to(self.device)
-        if fuse:
-            model.prepare_for_inference()
-        self.model = model
-        self.transforms = build_transforms(self.cfg, is_train=False)
+            cfg.defrost()
+            cfg.INPUT.MIN_SIZE_TEST = int(min_image_size)
+            cfg.freeze()
+        self.predictor = Predictor.from_config(cfg, fuse=fuse, class_names=class_names)
+        self.cfg = cfg
+        self.model = self.predictor.model
+        self.class_names = self.predictor.class_names
 
         num_classes = self.cfg.MODEL.ATSS.NUM_CLASSES
-        if class_names is None:
-            class_names = class_names_from_config(self.cfg)
-        self.class_names = tuple(class_names)
-        if len(self.class_names) != num_classes:
-            raise ValueError(f"class_names has {len(self.class_names)} entries; MODEL.ATSS.NUM_CLASSES "
-                             f"{num_classes} needs {num_classes} ('__background' first)")
         self.confidence_thresholds_for_classes = self._thresholds(
             confidence_thresholds_for_classes, confidence_threshold, num_classes - 1)
         self.colors = class_colors(num_classes)
@@ -209,16 +112,7 @@ class COCODemo:
     def compute_prediction(self, original_image):
         """All detections on ``original_image`` ((H, W, 3) uint8 BGR) as a BoxList of the image's
         size, with fields ``scores`` (N,) and ``labels`` (N,) in 1..C."""
-        if original_image.ndim != 3 or original_image.shape[2] != 3 or original_image.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 BGR image, got shape {original_image.shape} "
-                             f"dtype {original_image.dtype}")
-        # The test-time transforms take a PIL RGB image (as the data loader gives them).
-        image = self.transforms(Image.fromarray(cv2.cvtColor(original_image, cv2.COLOR_BGR2RGB)))
-        image_list = to_image_list(image, self.cfg.DATALOADER.SIZE_DIVISIBILITY).to(self.device)
-        with torch.inference_mode(), inference_autocast(self.cfg, self.device):
-            prediction = self.model(image_list)[0].to(self.cpu_device)
-        height, width = original_image.shape[:2]
-        return prediction.resize((width, height))
+        return self.predictor.predict_boxlist(original_image)
 
     def select_top_predictions(self, predictions):
         """The detections whose score is above their class's threshold, best first."""
