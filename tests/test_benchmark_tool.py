@@ -53,3 +53,18 @@ def test_bad_input_is_one_line(tmp_path, option, value, expected):
     assert result.returncode != 0
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_export_benchmark_runs_and_reports_both_runtimes(tmp_path):
+    """tools/benchmark_export.py end to end on a tiny quick-start model: it exports, runs
+    onnxruntime and PyTorch on the same image, and prints one table row for each."""
+    pytest.importorskip("onnxruntime")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "benchmark_export.py"), "--config",
+         str(REPO_ROOT / "configs" / "quickstart" / "atss_mnv2_fpn_shapes.yaml"), "--height", "96", "--width", "128",
+         "--runs", "1", "--warmup", "0", "--skip-torchscript", "--weight-fill", str(tmp_path / "none.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and " s |" in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["PyTorch fast path", "onnxruntime"]

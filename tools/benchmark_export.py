@@ -19,7 +19,7 @@ import torch
 
 from atss_core.config import cfg as default_cfg
 from atss_core.export import export_onnx, export_torchscript
-from benchmark_atss import REPO_ROOT, build_atss, load_weight_fill, synthetic_rgb
+from benchmark_atss import REPO_ROOT, build_atss, synthetic_rgb
 
 
 def parse_args(argv=None):
@@ -33,6 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--weight-fill", default=str(REPO_ROOT.parent / "shared" / "golden" / "weightfill.py"),
                         help="python file with fill_state_dict(state_dict) (default: the golden data's)")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="ATSS checkpoint to time (default: the golden weight fill)")
     parser.add_argument("--skip-torchscript", action="store_true", help="time PyTorch and onnxruntime only")
     return parser.parse_args(argv)
 
@@ -45,7 +47,9 @@ def main(argv=None):
     cfg = default_cfg.clone()
     cfg.merge_from_file(args.config)
     cfg.merge_from_list(["MODEL.WEIGHT", "", "MODEL.DEVICE", "cpu"])
-    model = build_atss(cfg, load_weight_fill(args.weight_fill)).eval()
+    model, weights_source = build_atss(cfg, args)
+    model.eval()
+    print(f"ATSS: {weights_source}")
     # The model's input convention: BGR 0-255 minus PIXEL_MEAN, divided by PIXEL_STD.
     mean, std = (torch.tensor(values)[:, None, None] for values in (cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD))
     image = (synthetic_rgb(args.height, args.width)[[2, 1, 0]] - mean) / std
