@@ -49,7 +49,7 @@ def resolve_autocast_dtype(cfg):
     Returns None for "float32", meaning no autocast.
     """
     # DTYPE is a key this project adds; the original trained in float32 only.
-    return autocast_dtype(cfg.get("DTYPE", "float32"), "DTYPE")
+    return autocast_dtype(cfg.DTYPE, "DTYPE")
 
 
 def make_grad_scaler(cfg):
