@@ -37,6 +37,14 @@ def load_golden(name):
     return torch.load(path, weights_only=True)
 
 
+def load_tool(name):
+    """``tools/<name>.py`` loaded as a fresh module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"atss_tool_{name}", REPO_ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def weightfill():
     """The golden data's deterministic weight-fill module (``fill_state_dict``)."""
     path = golden_path("weightfill.py")

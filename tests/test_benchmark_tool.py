@@ -1,5 +1,4 @@
 """tools/benchmark_atss.py: FCOS is timed on the same input size as ATSS; bad inputs are one line."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -7,17 +6,14 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_tool
 
 TOOL = REPO_ROOT / "tools" / "benchmark_atss.py"
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_atss", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("benchmark_atss")
 
 
 @pytest.mark.parametrize("height, width", [(96, 160), (160, 96)])

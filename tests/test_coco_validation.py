@@ -21,7 +21,8 @@ from atss_core.data.build import build_dataset, check_test_datasets, make_data_l
 from atss_core.data.datasets import COCODataset
 from atss_core.data.errors import DataError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT, load_tool
+
 QUICKSTART_CONFIG = REPO_ROOT / "configs" / "quickstart" / "atss_mnv2_fpn_shapes.yaml"
 NUM_IMAGES = 6
 
@@ -180,12 +181,7 @@ def test_unknown_training_set_name_is_a_data_error():
 
 
 def _train_net():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_net_data_checks", REPO_ROOT / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("train_net")
 
 
 def test_train_net_stops_on_a_bad_test_set_before_training(tmp_path, monkeypatch):
@@ -240,12 +236,7 @@ def test_test_net_corrupt_image_in_a_worker_is_one_line(tmp_path):
 
 
 def _test_net():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("test_net_data_checks", REPO_ROOT / "tools" / "test_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("test_net")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 evaluated, how a run resumes or starts fresh, and one line (exit code != 0, no traceback) for
 each everyday mistake. Most cases call the tools' ``main`` in this process; a few run the real
 command line, and one starts two processes to see DIST_TIMEOUT end a job with a stopped rank."""
-import importlib.util
 import logging
 import os
 import signal
@@ -18,18 +17,14 @@ import torch
 
 from atss_core.config import cfg as default_cfg
 from atss_core.modeling.detector import build_detection_model
-from conftest import REPO_ROOT, one_line_exit
+from conftest import REPO_ROOT, load_tool, one_line_exit
 
 QUICKSTART = REPO_ROOT / "configs" / "quickstart" / "atss_mnv2_fpn_shapes.yaml"
 # The quick-start model, small and on CPU, so that building it takes a fraction of a second.
 SMALL = ["MODEL.DEVICE", "cpu", "MODEL.ATSS.NUM_CONVS", "1", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "32"]
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"atss_tool_{name}", REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_load_tool = load_tool
 
 
 @pytest.fixture

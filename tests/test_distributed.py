@@ -19,7 +19,6 @@ PYTHONPATH: it wraps ``MetricLogger.update`` and writes what rank 0's trainer re
 losses averaged over processes) to a json file at exit. The log only prints 4 decimals every
 20 iterations.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ from atss_core.config import cfg as default_cfg
 from atss_core.data.datasets.synthetic_shapes import write_split
 from atss_core.modeling.detector import build_detection_model
 from atss_core.utils.miscellaneous import seed_all_rng
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_tool
 
 PYTHON = sys.executable
 CONFIG = "configs/quickstart/atss_mnv2_fpn_shapes.yaml"
@@ -427,10 +426,7 @@ def test_two_process_evaluation_matches_one(workspace, single_process):
 def test_sync_batchnorm_with_cpu_processes_is_refused_in_one_line():
     """torch's SyncBatchNorm has no CPU path (every process would raise at its first forward),
     so train_net says so before building anything."""
-    spec = importlib.util.spec_from_file_location("train_net_under_test",
-                                                  REPO_ROOT / "tools" / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_tool("train_net")
     cfg = default_cfg.clone()
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.USE_SYNCBN", "True"])
     with pytest.raises(SystemExit) as exit_info:

@@ -4,7 +4,6 @@ Oracles: pycocotools run directly on hand-built result lists, hand-computed box 
 APs, a plain sequential re-statement of the original's voting loop, exact flip identities and
 the golden final detections of the original's post-processing.
 """
-import importlib.util
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.boxlist_ops import boxlist_iou
 from atss_core.structures.image_list import to_image_list
 
-from conftest import DEVICES, REPO_ROOT, load_golden, one_line_exit
+from conftest import DEVICES, load_golden, load_tool, one_line_exit
 
 JSON_CATEGORY_IDS = [3, 7, 12]  # deliberately not 1..3, to exercise the label -> json id mapping
 
@@ -536,10 +535,7 @@ def test_voc_ap_hand_computed():
 
 # ----------------------------------------------------------------------------- tools/test_net.py
 def _load_test_net():
-    spec = importlib.util.spec_from_file_location("atss_test_net", REPO_ROOT / "tools" / "test_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("test_net")
 
 
 @pytest.fixture

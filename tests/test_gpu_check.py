@@ -1,5 +1,4 @@
 """tools/gpu_check.sh and tools/gpu_check.py without a GPU: syntax, the planned cases, the table."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -8,15 +7,12 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_tool
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "tools" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("gpu_check")
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")

@@ -7,7 +7,6 @@ at 128 px) with ``TEST.EVAL_PERIOD 20 SOLVER.CHECKPOINT_PERIOD 10 SOLVER.CHECKPO
 SOLVER.LOG_PERIOD 5``, run as the user runs it: ``python tools/train_net.py``. That the same
 options keep a killed and resumed run bit-identical is tested in tests/test_trainer.py.
 """
-import importlib.util
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from atss_core.data.datasets.synthetic_shapes import CLASS_NAMES, write_split
 from atss_core.utils.events import read_metrics
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_tool
 
 CONFIG = "configs/quickstart/atss_mnv2_fpn_shapes.yaml"
 MAX_ITER = 40
@@ -200,11 +199,7 @@ def test_test_net_keeps_the_training_evaluation_unless_it_evaluates_the_same_wei
 
 
 def _plot_metrics():
-    spec = importlib.util.spec_from_file_location("plot_metrics",
-                                                  REPO_ROOT / "tools" / "plot_metrics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("plot_metrics")
 
 
 def test_plot_metrics_draws_the_runs_curves(run, tmp_path, capsys):

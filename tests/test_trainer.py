@@ -1,5 +1,4 @@
 """The training loop: exact resume, mixed precision, logging, non-finite losses, train_net."""
-import importlib.util
 import logging
 import re
 import statistics
@@ -19,7 +18,7 @@ from atss_core.utils.checkpoint import Checkpointer
 from atss_core.utils.checkpoint_retention import remove_old_periodic_checkpoints
 from atss_core.utils.events import MetricsWriter, read_metrics
 from atss_core.utils.metric_logger import MetricLogger, SmoothedValue
-from conftest import DEVICES, REPO_ROOT
+from conftest import DEVICES, REPO_ROOT, load_tool
 
 CPU = torch.device("cpu")
 
@@ -420,10 +419,7 @@ def test_smoothed_value_and_metric_logger():
 
 def _train_net():
     """tools/train_net.py as a module (its imports of atss_core must work)."""
-    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("train_net")
 
 
 def test_train_net_config_errors_are_one_line(tmp_path, monkeypatch):

@@ -4,7 +4,6 @@ Oracles: the original's assignment labels and ATSS statistics (golden assign_tar
 case computed by hand in plain Python (IoU with "+1" areas, statistics.stdev), the assigner's
 own per-anchor labels, and the PNG files the CLI writes.
 """
-import importlib.util
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from atss_core.modeling.rpn.atss.assigners import ATSSAssigner, IoUAssigner, bui
 from atss_core.modeling.rpn.atss import assignment_stats as stats_module
 from atss_core.utils import assignment_report as report
 
-from conftest import DEVICES, REPO_ROOT, load_golden
+from conftest import DEVICES, REPO_ROOT, load_golden, load_tool
 
 R50_CONFIG = REPO_ROOT / "configs" / "atss" / "atss_R_50_FPN_1x.yaml"
 SHAPES_CONFIG = REPO_ROOT / "configs" / "quickstart" / "atss_mnv2_fpn_shapes.yaml"
@@ -39,11 +38,7 @@ def _config(path, positive_type=None):
 
 
 def _tool():
-    path = REPO_ROOT / "tools" / "visualize_assignment.py"
-    spec = importlib.util.spec_from_file_location("visualize_assignment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("visualize_assignment")
 
 
 def _check_positives_against_labels(stats):
