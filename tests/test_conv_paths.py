@@ -13,12 +13,13 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from atss_core.config import cfg as default_cfg
-from atss_core.layers import FrozenBatchNorm2d, OneDNNConv2d, use_onednn_convolutions
+from atss_core.layers import FrozenBatchNorm2d, OneDNNConv2d, conv_norm_relu, use_onednn_convolutions
 from atss_core.modeling.detector import build_detection_model
 from atss_core.modeling.fuse import apply_frozen_bn_in_convs
 from atss_core.structures.bounding_box import BoxList
 from conftest import REPO_ROOT
 
+FUSED_CONV_OP = "mkldnn::_convolution_pointwise"
 SLOW_CONV_OPS = ("aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward", "aten::thnn_conv2d")
 
 
@@ -169,3 +170,74 @@ def test_prepare_for_inference_folds_linked_norms_once():
     assert not any(isinstance(m, OneDNNConv2d) and m.frozen_norm is not None for m in model.modules())
     for level_before, level_after in zip(before, after):
         torch.testing.assert_close(level_after, level_before, rtol=1e-4, atol=1e-3)
+
+
+def conv_norm_relu_reference(conv, norm, images, residual):
+    """relu(norm(conv(x)) + residual) with torch.nn.functional only."""
+    output = norm(nn.functional.conv2d(images, conv.weight, conv.bias, conv.stride, conv.padding,
+                                       conv.dilation, conv.groups))
+    return torch.relu(output if residual is None else output + residual)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("geometry", [dict(kernel_size=1), dict(kernel_size=3, padding=1, stride=2),
+                                      dict(kernel_size=3, padding=2, dilation=2, groups=2)])
+def test_conv_norm_relu_fuses_relu_and_residual_without_grad(geometry, with_residual, memory_format):
+    reference = nn.Sequential(nn.Conv2d(4, 6, **geometry), random_frozen_norm(6))
+    linked = apply_frozen_bn_in_convs(use_onednn_convolutions(copy.deepcopy(reference)))
+    images = torch.randn(2, 4, 11, 13).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        expected_shape = reference[0](images).shape
+        residual = torch.randn(expected_shape).contiguous(memory_format=memory_format) if with_residual else None
+        expected = conv_norm_relu_reference(reference[0], reference[1], images, residual)
+
+        used = op_names(lambda: conv_norm_relu(linked[0], linked[1], images, residual))
+        output = conv_norm_relu(linked[0], linked[1], images, residual)
+        fused_add = memory_format == torch.channels_last and geometry.get("groups", 1) == 1
+        if with_residual and not fused_add:  # oneDNN fuses the add for ungrouped NHWC convs only
+            assert FUSED_CONV_OP not in used and "aten::add_" in used
+        else:
+            assert FUSED_CONV_OP in used and "aten::relu_" not in used and "aten::add_" not in used
+        torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+        assert output.is_contiguous(memory_format=memory_format)
+
+        # bfloat16 autocast: the fused kernel in bfloat16, close to the float32 result.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = conv_norm_relu(linked[0], linked[1], images, residual)
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), expected, rtol=0.05, atol=0.1)
+        # float16 autocast keeps the plain ops (no fused float16 kernel on most CPUs).
+        with torch.autocast("cpu", dtype=torch.float16):
+            used = op_names(lambda: conv_norm_relu(linked[0], linked[1], images, residual))
+        assert FUSED_CONV_OP not in used
+
+
+def test_conv_norm_relu_keeps_autograd_where_gradients_are_needed():
+    reference = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), random_frozen_norm(6))
+    linked = apply_frozen_bn_in_convs(use_onednn_convolutions(copy.deepcopy(reference)))
+    images = torch.randn(2, 4, 7, 9)
+    residual = torch.randn(2, 6, 7, 9)
+    used = op_names(lambda: conv_norm_relu(linked[0], linked[1], images, residual))
+    assert FUSED_CONV_OP not in used  # the weights need gradients: no fused kernel (it has no backward)
+    output = conv_norm_relu(linked[0], linked[1], images, residual)
+    output.sum().backward()
+    expected = conv_norm_relu_reference(reference[0], reference[1], images, residual)
+    expected.sum().backward()
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(linked[0].weight.grad, reference[0].weight.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_runs_resnet_relus_and_residual_adds_inside_the_convs():
+    model = small_detector("atss/atss_R_50_FPN_1x.yaml", True).eval()
+    images = torch.randn(1, 3, 64, 96) * 50
+    with torch.inference_mode():
+        plain = model.backbone(images.contiguous(memory_format=torch.channels_last))
+        used = op_names(lambda: model.backbone(images))
+        model.prepare_for_inference()
+        used_fast = op_names(lambda: model.backbone(images.contiguous(memory_format=torch.channels_last)))
+        fast = model.backbone(images.contiguous(memory_format=torch.channels_last))
+    for ops in (used, used_fast):  # plain eval and the fast path: no separate ReLU or add pass in ResNet
+        assert FUSED_CONV_OP in ops and "aten::relu_" not in ops and "aten::add_" not in ops
+    for level_plain, level_fast in zip(plain, fast):
+        torch.testing.assert_close(level_fast, level_plain, rtol=1e-4, atol=1e-3)

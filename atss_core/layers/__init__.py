@@ -3,7 +3,7 @@ from .batch_norm import FrozenBatchNorm2d
 from .dcn import DeformConv, ModulatedDeformConv, deform_conv, modulated_deform_conv
 from .misc import BatchNorm2d, Conv2d, ConvTranspose2d, DFConv2d, interpolate
 from .nms import ml_nms, nms
-from .onednn_conv import OneDNNConv2d, use_onednn_convolutions
+from .onednn_conv import OneDNNConv2d, conv_norm_relu, use_onednn_convolutions
 from .scale import Scale
 from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
 
@@ -24,5 +24,6 @@ __all__ = [
     "ModulatedDeformConv",
     "Scale",
     "OneDNNConv2d",
+    "conv_norm_relu",
     "use_onednn_convolutions",
 ]

@@ -25,6 +25,13 @@ A ``OneDNNConv2d`` can also apply the ``FrozenBatchNorm2d`` after it (``frozen_n
 ``atss_core.modeling.fuse.apply_frozen_bn_in_convs``, on any device): the norm's per-channel
 affine map is folded into the weight and bias at every forward, so training and plain evaluation
 skip the norm's pass over the activations, forward and backward.
+
+``conv_norm_relu(conv, norm, x, residual)`` computes ``relu(norm(conv(x)) [+ residual])``. Where
+no gradient is needed on CPU (float32, or bfloat16 autocast) and the norm is already applied by
+the conv, the ReLU and the residual add run inside the oneDNN convolution as post-ops
+(``mkldnn::_convolution_pointwise``; the add needs an ungrouped conv on channels_last tensors): the output is written once instead of being read and
+written again by ``add_`` and ``relu_``, which matters for the large, memory-bound maps of the
+first ResNet stages.
 """
 from typing import Optional
 
@@ -32,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OneDNNConv2d", "use_onednn_convolutions"]
+__all__ = ["OneDNNConv2d", "conv_norm_relu", "use_onednn_convolutions"]
 
 
 class OneDNNConv2d(nn.Conv2d):
@@ -42,11 +49,49 @@ class OneDNNConv2d(nn.Conv2d):
     frozen_norm = None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(input, *self._folded_parameters())
+
+    def _folded_parameters(self):
         weight, bias = self.weight, self.bias
         if not torch.jit.is_scripting():
             if self.frozen_norm is not None:
                 weight, bias = self.frozen_norm.fold_into(weight, bias)
-        return self._conv_forward(input, weight, bias)
+        return weight, bias
+
+    def forward_relu(self, input: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``relu(self(input) + residual)`` (``residual`` None: no add), with the add and the ReLU
+        fused into the oneDNN convolution when no gradient is needed (see the module docstring)."""
+        weight, bias = self._folded_parameters()
+        dtype = self._post_op_dtype(input, weight, bias, residual)
+        if dtype is None:
+            output = self._conv_forward(input, weight, bias)
+            return F.relu_(output if residual is None else output.add_(residual))
+        input, weight = input.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(input, weight, bias, *geometry, "relu", [], "")
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            input, residual.to(dtype), weight, bias, *geometry, "add", 1.0, "relu", [], "")
+
+    def _post_op_dtype(self, input, weight, bias, residual):
+        """The dtype the fused conv + ReLU kernel runs in here (float32, or bfloat16 under CPU
+        bfloat16 autocast), or None where the plain path must run."""
+        if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or input.device.type != "cpu" or isinstance(self.padding, str)
+                or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)):
+            return None
+        nhwc = torch.channels_last
+        if residual is not None and not (self.groups == 1 and input.is_contiguous(memory_format=nhwc)
+                                         and residual.is_contiguous(memory_format=nhwc)):
+            return None  # oneDNN fuses the add for ungrouped NHWC convs only (else a plain conv + add)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (input, weight, bias, residual)):
+            return None  # the fused kernel has no backward
+        if torch.is_autocast_enabled("cpu"):
+            return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+        plain_float32 = all(t is None or t.dtype == torch.float32 for t in (input, weight, bias, residual))
+        return torch.float32 if plain_float32 else None
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
                       bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -91,6 +136,17 @@ def _pointwise_conv(input, weight, bias):
     if bias is not None:
         output = output + bias[:, None]
     return output.view(len(input), -1, *input.shape[2:])
+
+
+def conv_norm_relu(conv: nn.Module, norm: nn.Module, input: torch.Tensor,
+                   residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``relu(norm(conv(input)) + residual)`` (no add when ``residual`` is None), in place where
+    it can be. The conv's own fused kernel runs when ``norm`` does nothing by itself: an
+    ``nn.Identity`` left by ``fuse_frozen_bn`` or a frozen norm the conv applies."""
+    if isinstance(conv, OneDNNConv2d) and (isinstance(norm, nn.Identity) or conv.frozen_norm is norm):
+        return conv.forward_relu(input, residual)
+    output = norm(conv(input))
+    return F.relu_(output if residual is None else output.add_(residual))
 
 
 def use_onednn_convolutions(module):

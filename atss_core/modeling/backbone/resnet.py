@@ -13,7 +13,7 @@ from collections import namedtuple
 import torch.nn.functional as F
 from torch import nn
 
-from atss_core.layers import DFConv2d, FrozenBatchNorm2d
+from atss_core.layers import DFConv2d, FrozenBatchNorm2d, conv_norm_relu
 from atss_core.modeling.make_layers import group_norm, group_norm_from_config
 from atss_core.utils.registry import Registry
 
@@ -184,11 +184,10 @@ class Bottleneck(nn.Module):
             nn.init.kaiming_uniform_(conv.weight, a=1)
 
     def forward(self, x):
-        out = F.relu_(self.bn1(self.conv1(x)))
-        out = F.relu_(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = conv_norm_relu(self.conv1, self.bn1, x)
+        out = conv_norm_relu(self.conv2, self.bn2, out)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu_(out.add_(shortcut))
+        return conv_norm_relu(self.conv3, self.bn3, out, residual=shortcut)
 
 
 class BaseStem(nn.Module):
@@ -203,7 +202,7 @@ class BaseStem(nn.Module):
         nn.init.kaiming_uniform_(self.conv1.weight, a=1)
 
     def forward(self, x):
-        x = F.relu_(self.bn1(self.conv1(x)))
+        x = conv_norm_relu(self.conv1, self.bn1, x)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
