@@ -1,4 +1,5 @@
 """tools/benchmark_atss.py: FCOS is timed on the same input size as ATSS; bad inputs are one line."""
+import json
 import os
 import subprocess
 import sys
@@ -64,3 +65,18 @@ def test_export_benchmark_runs_and_reports_both_runtimes(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and " s |" in line]
     assert [row.split("|")[1].strip() for row in rows] == ["PyTorch fast path", "onnxruntime"]
+
+
+def test_low_precision_run_also_times_fcos_in_float32(benchmark, tmp_path, capsys):
+    """With --dtype bfloat16 the tool reports ATSS's fast path against FCOS in float32 (the
+    reference of the low-precision goal) next to the same-dtype ratios."""
+    summary = tmp_path / "summary.json"
+    results = benchmark.main([
+        "--device", "cpu", "--config-file", str(REPO_ROOT / "configs" / "quickstart" / "atss_mnv2_fpn_shapes.yaml"),
+        "--height", "64", "--width", "96", "--runs", "1", "--warmup", "0", "--skip-assign", "--dtype", "bfloat16",
+        "--weight-fill", str(tmp_path / "none.py"), "--json", str(summary)])
+    assert "ATSS fast (bfloat16) / FCOS float32" in capsys.readouterr().out
+    medians = json.loads(summary.read_text())["medians_s"]
+    assert medians["FCOS float32 total"] != medians["FCOS total"]  # timed apart from the bfloat16 run
+    assert results["ATSS fast / FCOS float32"] == pytest.approx(
+        medians["ATSS fast total"] / medians["FCOS float32 total"])

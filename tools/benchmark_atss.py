@@ -19,7 +19,8 @@ its backbone sees is checked and printed. Its time includes its own normalisatio
 ATSS weights: ``--weights FILE`` (a checkpoint, e.g. a trained model), else the golden weight fill
 when it can be found (realistic post-processing load), else the default initialisation.
 ``--dtype bfloat16|float16`` runs both networks under autocast (ATSS through ``inference_autocast``,
-so its post-processing stays float32). Every figure is the median of ``--runs`` timed runs after
+so its post-processing stays float32) and also times FCOS in float32, the reference of the
+low-precision ratio. Every figure is the median of ``--runs`` timed runs after
 ``--warmup`` untimed ones; ATSS and FCOS runs alternate so that background load hits both alike.
 
 Examples::
@@ -236,6 +237,8 @@ def run_inference(args, cfg, device, timer, results):
                 detections = time_atss_inference(timer, "ATSS fast", fast, inputs.atss, record)
             with inference_autocast(args.dtype, device):
                 fcos_detections = timer.measure("FCOS total", lambda: fcos(inputs.fcos), record)
+            if args.dtype != "float32":  # the reference of issue 14's low-precision goal
+                timer.measure("FCOS float32 total", lambda: fcos(inputs.fcos), record)
     print(f"\ninference, batch {args.batch} ({len(detections[0])} ATSS / {len(fcos_detections[0]['boxes'])} "
           "FCOS detections on the first image), seconds per batch:")
     for tag in ("ATSS", "ATSS fast"):
@@ -248,6 +251,11 @@ def run_inference(args, cfg, device, timer, results):
         ratio = timer.median(f"{tag} total") / fcos_total
         results[f"{tag} / FCOS"] = ratio
         print(f"  {tag} / FCOS: {ratio:.3f}")
+    if args.dtype != "float32":
+        fcos_float32 = timer.median("FCOS float32 total")
+        ratio = timer.median("ATSS fast total") / fcos_float32
+        results["ATSS fast / FCOS float32"] = ratio
+        print(f"  FCOS in float32: {fcos_float32:.3f}; ATSS fast ({args.dtype}) / FCOS float32: {ratio:.3f}")
     results["ATSS fast images/s"] = args.batch / timer.median("ATSS fast total")
     if not args.skip_assign:
         time_assignment(args, fast, inputs.atss, device, timer)
