@@ -41,6 +41,7 @@ except ModuleNotFoundError as missing:
 from atss_core.data.build import QUICKSTART_PREFIX
 from atss_core.data.errors import DataError
 from atss_core.data.image_io import read_image_bgr
+from atss_core.utils.cpu_memory import keep_freed_cpu_memory
 from predictor import COCODemo
 
 QUICKSTART_CONFIG = "configs/quickstart/atss_mnv2_fpn_shapes.yaml"
@@ -257,6 +258,7 @@ def main(argv=None):
     cfg.defrost()
     cfg.MODEL.WEIGHT = weights
     cfg.freeze()
+    keep_freed_cpu_memory(cfg.MODEL.DEVICE)  # allocation only: no page faults on large maps
     try:
         demo = COCODemo(cfg, min_image_size=args.min_image_size,
                         confidence_threshold=args.confidence_threshold)

@@ -55,6 +55,7 @@ from atss_core.solver import make_optimizer
 from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.image_list import to_image_list
 from atss_core.utils.checkpoint import DetectronCheckpointer
+from atss_core.utils.cpu_memory import keep_freed_cpu_memory
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -348,9 +349,12 @@ def main(argv=None):
     except (OSError, KeyError, ValueError, AssertionError) as error:
         sys.exit(f"benchmark_atss: config: {error}")
     cfg.freeze()
+    # Both models run in this process, so both get the same allocator setting.
+    allocator = ("malloc keeps freed memory (ATSS_KEEP_FREED_MEMORY=0: glibc defaults)"
+                 if keep_freed_cpu_memory(device) else "default allocator")
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{args.batch} x {args.height}x{args.width}, {args.dtype}, median of {args.runs} runs after "
-          f"{args.warmup} warm-up")
+          f"{args.warmup} warm-up, {allocator}")
 
     timer, results = Timer(device), {}
     (run_training if args.train else run_inference)(args, cfg, device, timer, results)

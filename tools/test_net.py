@@ -29,6 +29,7 @@ from atss_core.modeling.detector import build_detection_model
 from atss_core.utils.checkpoint import DetectronCheckpointer
 from atss_core.utils.collect_env import collect_env_info
 from atss_core.utils.comm import get_rank, is_main_process
+from atss_core.utils.cpu_memory import log_cpu_memory_setting
 from atss_core.utils.logger import setup_logger
 
 
@@ -104,6 +105,7 @@ def evaluate(args, distributed, num_processes):
     if is_main_process():  # only rank 0 prints; the report takes seconds to collect
         logger.info("Collecting env info (might take some time)")
         logger.info("\n%s", collect_env_info())
+    log_cpu_memory_setting(logger, cfg.MODEL.DEVICE)
     logger.info("Evaluating weights from %s; results go to %s", source,
                 os.path.join(cfg.OUTPUT_DIR, folder))
     try:

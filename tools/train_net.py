@@ -42,6 +42,7 @@ from atss_core.utils.checkpoint import (DetectronCheckpointer, DiskFullError, Ou
                                         lock_output_dir, remove_partial_files)
 from atss_core.utils.collect_env import collect_env_info
 from atss_core.utils.comm import get_rank, is_main_process
+from atss_core.utils.cpu_memory import log_cpu_memory_setting
 from atss_core.utils.events import MetricsWriter
 from atss_core.utils.logger import setup_logger
 from atss_core.utils.miscellaneous import mkdir, save_config, seed_all_rng
@@ -217,6 +218,7 @@ def run(args, num_processes):
     if is_main_process():  # only rank 0 prints; the report takes seconds to collect
         logger.info("Collecting env info (might take some time)")
         logger.info("\n%s", collect_env_info())
+    log_cpu_memory_setting(logger, cfg.MODEL.DEVICE)
 
     logger.info("Loaded configuration file %s", args.config_file)
     with open(args.config_file) as config_file:
