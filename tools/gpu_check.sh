@@ -9,6 +9,7 @@
 #
 # Logs and the table go to OUTPUT_DIR. Golden data: $ATSS_GOLDEN_DIR, else shared/golden inside
 # the checkout, else ../shared/golden beside it; without it the golden cases skip.
+# Wheels in .whl/ (tools/gpu_wheels.sh) are installed first, into $SITE_DIR (default /tmp/atss_site).
 # Environment: PYTHON (default python3); time limits in seconds BUILD_TIMEOUT_S (150),
 # TESTS_TIMEOUT_S (150) and BENCH_TIMEOUT_S (180), together 8 minutes.
 set -uo pipefail
@@ -18,11 +19,17 @@ BUILD_TIMEOUT_S=${BUILD_TIMEOUT_S:-150}
 TESTS_TIMEOUT_S=${TESTS_TIMEOUT_S:-150}
 BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-180}
 OUTPUT_DIR=${1:-${OUT:-/tmp/atss_gpu_check}}
+SITE_DIR=${SITE_DIR:-/tmp/atss_site}
 mkdir -p "$OUTPUT_DIR"
 status=0
 
 fail() { echo "gpu_check: $*" >&2; exit 1; }
 
+if compgen -G ".whl/*.whl" >/dev/null; then  # wheels fetched by tools/gpu_wheels.sh and carried here
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE_DIR" \
+        .whl/*.whl || fail "installing the carried wheels in .whl/ failed"
+    export PYTHONPATH="$SITE_DIR${PYTHONPATH:+:$PYTHONPATH}"
+fi
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || fail "no CUDA device visible to PyTorch ($PYTHON); run this on a GPU machine"
 missing=$("$PYTHON" - <<'EOF'
@@ -32,7 +39,7 @@ names = {"yacs": "yacs", "pycocotools": "pycocotools", "cv2": "opencv-python-hea
 print(" ".join(pip for module, pip in names.items() if importlib.util.find_spec(module) is None))
 EOF
 )
-[ -z "$missing" ] || fail "missing Python packages: $missing (pip install them, or carry their wheels)"
+[ -z "$missing" ] || fail "missing Python packages: $missing (pip install them, or fetch their wheels with tools/gpu_wheels.sh and carry .whl/)"
 
 arch=$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 export TORCH_CUDA_ARCH_LIST="$arch" FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
