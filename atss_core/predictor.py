@@ -23,6 +23,7 @@ from PIL import Image
 from atss_core.config import cfg as default_cfg, merge_config
 from atss_core.data.build import QUICKSTART_PREFIX
 from atss_core.data.transforms import build_transforms
+from atss_core.engine.launch import resolve_device
 from atss_core.engine.precision import autocast_dtype, inference_autocast
 from atss_core.modeling.detector import build_detection_model
 from atss_core.structures.image_list import to_image_list
@@ -97,21 +98,13 @@ def class_names_from_config(cfg):
     return ("__background",) + tuple(f"class {label}" for label in range(1, num_classes))
 
 
-def _check_device(device_name):
-    device = torch.device(device_name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"MODEL.DEVICE is {device_name!r} but no CUDA device is available; "
-                         "set MODEL.DEVICE cpu")
-    return device
-
-
 def load_inference_model(cfg, weights, fuse=True, channels_last=True):
     """The model of ``cfg`` with ``weights`` (a file, URL or ``catalog://`` name) loaded, on
     ``cfg.MODEL.DEVICE``, in eval mode; with ``fuse`` also through ``prepare_for_inference``.
 
     Raises FileNotFoundError / ValueError (one line) for missing or unfitting weights.
     """
-    device = _check_device(cfg.MODEL.DEVICE)
+    device = resolve_device(cfg.MODEL.DEVICE)
     model = build_detection_model(cfg).eval()
     # No save_dir: a last_checkpoint left in OUTPUT_DIR must not replace the weights asked for.
     DetectronCheckpointer(cfg, model, save_dir="").load(os.fspath(weights), allow_shape_mismatch=False)

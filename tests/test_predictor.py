@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from atss_core import model_zoo
 from atss_core.predictor import Predictor
@@ -54,6 +55,16 @@ def test_predictor_rejects_bad_images(tiny_model):
         predictor(np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="input_format"):
         Predictor(config_file, weights, input_format="BGRA")
+
+
+def test_predictor_names_a_bad_device_in_one_line(tiny_model):
+    """The same check as the command-line tools (engine.launch.resolve_device), as a ValueError."""
+    config_file, weights, _ = tiny_model
+    with pytest.raises(ValueError, match="MODEL.DEVICE 'gpu' is not a device name; use cpu or cuda"):
+        Predictor(config_file, weights, opts=["MODEL.DEVICE", "gpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="MODEL.DEVICE is 'cuda' but torch sees no GPU on this machine"):
+            Predictor(config_file, weights, opts=["MODEL.DEVICE", "cuda"])
 
 
 def test_model_zoo_config_files():

@@ -45,20 +45,30 @@ def load_config(cfg, config_file, opts):
     return cfg
 
 
-def check_device(device_name):
-    """Exit with one line when MODEL.DEVICE is no device name or names a GPU torch cannot see."""
+def resolve_device(device_name) -> torch.device:
+    """The ``torch.device`` that MODEL.DEVICE names. Raises ValueError (one line) when it is no
+    device name or names a GPU torch cannot see."""
     try:
         device = torch.device(device_name)
     except RuntimeError:
-        raise SystemExit(f"error: MODEL.DEVICE {device_name!r} is not a device name; use cpu or cuda") from None
+        raise ValueError(f"MODEL.DEVICE {device_name!r} is not a device name; use cpu or cuda") from None
     if device.type != "cuda":
-        return
+        return device
     if not torch.cuda.is_available():
-        raise SystemExit(f"error: MODEL.DEVICE is {device_name!r} but torch sees no GPU on this machine; "
+        raise ValueError(f"MODEL.DEVICE is {device_name!r} but torch sees no GPU on this machine; "
                          "pass MODEL.DEVICE cpu (or check the CUDA driver and CUDA_VISIBLE_DEVICES)")
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise SystemExit(f"error: MODEL.DEVICE is {device_name!r} but torch sees {torch.cuda.device_count()} "
+        raise ValueError(f"MODEL.DEVICE is {device_name!r} but torch sees {torch.cuda.device_count()} "
                          "GPU(s); pass MODEL.DEVICE cuda")
+    return device
+
+
+def check_device(device_name):
+    """``resolve_device`` for the command-line tools: exit with its one line."""
+    try:
+        resolve_device(device_name)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def check_batch_divides(images_per_batch, key, num_processes):
