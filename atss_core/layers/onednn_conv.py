@@ -29,9 +29,9 @@ skip the norm's pass over the activations, forward and backward.
 ``conv_norm_relu(conv, norm, x, residual)`` computes ``relu(norm(conv(x)) [+ residual])``. Where
 no gradient is needed on CPU (float32, or bfloat16 autocast) and the norm is already applied by
 the conv, the ReLU and the residual add run inside the oneDNN convolution as post-ops
-(``mkldnn::_convolution_pointwise``; the add needs an ungrouped conv on channels_last tensors): the output is written once instead of being read and
-written again by ``add_`` and ``relu_``, which matters for the large, memory-bound maps of the
-first ResNet stages.
+(``mkldnn::_convolution_pointwise``; the add needs an ungrouped conv on channels_last tensors).
+The output is then written once instead of being read and written again by ``add_`` and
+``relu_``, which matters for the large, memory-bound maps of the first ResNet stages.
 """
 from typing import Optional
 
@@ -58,14 +58,14 @@ class OneDNNConv2d(nn.Conv2d):
                 weight, bias = self.frozen_norm.fold_into(weight, bias)
         return weight, bias
 
-    def forward_relu(self, input: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``relu(self(input) + residual)`` (``residual`` None: no add), with the add and the ReLU
-        fused into the oneDNN convolution when no gradient is needed (see the module docstring)."""
+    def fused_relu(self, input: torch.Tensor,
+                   residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """``relu(self(input) + residual)`` (``residual`` None: no add) as one oneDNN kernel, or
+        None where that kernel cannot run (see the module docstring)."""
         weight, bias = self._folded_parameters()
         dtype = self._post_op_dtype(input, weight, bias, residual)
         if dtype is None:
-            output = self._conv_forward(input, weight, bias)
-            return F.relu_(output if residual is None else output.add_(residual))
+            return None
         input, weight = input.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
         geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
@@ -141,10 +141,12 @@ def _pointwise_conv(input, weight, bias):
 def conv_norm_relu(conv: nn.Module, norm: nn.Module, input: torch.Tensor,
                    residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``relu(norm(conv(input)) + residual)`` (no add when ``residual`` is None), in place where
-    it can be. The conv's own fused kernel runs when ``norm`` does nothing by itself: an
-    ``nn.Identity`` left by ``fuse_frozen_bn`` or a frozen norm the conv applies."""
+    it can be. The conv's fused kernel runs where it can when ``norm`` does nothing by itself:
+    an ``nn.Identity`` left by ``fuse_frozen_bn`` or a frozen norm the conv applies."""
     if isinstance(conv, OneDNNConv2d) and (isinstance(norm, nn.Identity) or conv.frozen_norm is norm):
-        return conv.forward_relu(input, residual)
+        fused = conv.fused_relu(input, residual)
+        if fused is not None:
+            return fused
     output = norm(conv(input))
     return F.relu_(output if residual is None else output.add_(residual))
 
