@@ -304,6 +304,19 @@ def test_resume_after_changing_num_classes_is_one_line_naming_the_key(tmp_path, 
     assert not training
 
 
+def test_periodic_evaluation_checks_the_test_set_before_training_even_with_skip_test(tmp_path, train_net, training):
+    """--skip-test skips only the end-of-training evaluation; with TEST.EVAL_PERIOD the test set is
+    still used, so a bad one must stop the run before the first iteration, not at the first evaluation."""
+    argv = ["--config-file", str(QUICKSTART), "--skip-test", *SMALL, "OUTPUT_DIR", str(tmp_path / "out"),
+            "DATASETS.TEST", "('coco_2099_val',)", "TEST.EVAL_PERIOD", "5"]
+    message = _exit_message(train_net, argv)
+    assert "dataset 'coco_2099_val' is not in the catalog" in message
+    assert not training
+    # Without periodic evaluation, --skip-test never reads the test set.
+    train_net.main(argv[:-2] + ["TEST.EVAL_PERIOD", "0"])
+    assert len(training) == 1
+
+
 def test_float16_on_cpu_warns_once_and_suggests_bfloat16(tmp_path, train_net, training, caplog):
     with caplog.at_level(logging.INFO):
         train_net.train(_train_cfg(tmp_path, "DTYPE", "float16"), local_rank=0, distributed=False)

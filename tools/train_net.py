@@ -167,13 +167,19 @@ def parse_args(argv=None):
     parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
                         default=int(os.environ.get("LOCAL_RANK", 0)))
     parser.add_argument("--skip-test", dest="skip_test", action="store_true",
-                        help="Do not test the final model")
+                        help="do not evaluate the final model (TEST.EVAL_PERIOD evaluations still run)")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="start fresh (MODEL.WEIGHT, iteration 0) even when OUTPUT_DIR has a "
                              "last_checkpoint, which is otherwise resumed; later checkpoints replace it")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="Modify config options using the command-line (KEY VALUE pairs)")
     return parse_command_line(parser, sys.argv[1:] if argv is None else argv)
+
+
+def evaluates(args):
+    """Whether this run evaluates on DATASETS.TEST: after training (unless --skip-test, which
+    skips only that evaluation) or every TEST.EVAL_PERIOD iterations."""
+    return not args.skip_test or cfg.TEST.EVAL_PERIOD > 0
 
 
 def main(argv=None):
@@ -183,7 +189,7 @@ def main(argv=None):
     load_config(cfg, args.config_file, args.opts)
     check_solver_settings(cfg)
     check_batch_divides(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", num_processes)
-    if not args.skip_test:
+    if evaluates(args):
         check_batch_divides(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH", num_processes)
     with stop_on_dist_timeout(cfg.DIST_TIMEOUT, args.distributed):
         run(args, num_processes)
@@ -230,7 +236,7 @@ def run(args, num_processes):
         save_config(cfg, config_path)
 
     try:
-        if not args.skip_test:
+        if evaluates(args):
             check_test_datasets(cfg)  # a bad test set stops the run now, not after training
         model, evaluated_at_end = train(cfg, args.local_rank, args.distributed, resume=args.resume)
         if not args.skip_test and not evaluated_at_end:
