@@ -6,7 +6,6 @@ hundreds of candidates per image and the per-image cap of 100 is reached. One ex
 each format serves images of several sizes, some not multiples of SIZE_DIVISIBILITY.
 """
 import copy
-import json
 import os
 import re
 import shlex
@@ -152,38 +151,41 @@ def test_eager_exportable_reproduces_ties_of_the_postprocessor():
     assert torch.equal(boxes, expected.bbox) and torch.equal(scores, expected.get_field("scores"))
 
 
+def run_alone(tmp_path, image, imports, run, isolation_check):
+    """Runs an exported file on ``image`` in a fresh interpreter that imports ``imports`` only;
+    ``run`` is the expression that gives the outputs from the array ``image``, and
+    ``isolation_check`` a statement that fails if a forbidden module got imported. Returns the
+    outputs, with the dtypes the runtime gave them."""
+    np.save(tmp_path / "image.npy", image[None].numpy())
+    script = (
+        f"import sys, numpy, {imports}\n"
+        f"image = numpy.load({str(tmp_path / 'image.npy')!r})\n"
+        f"outputs = {run}\n"
+        f"{isolation_check}\n"
+        f"numpy.savez({str(tmp_path / 'out.npz')!r}, *[numpy.asarray(o) for o in outputs])\n")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=300)
+    saved = np.load(tmp_path / "out.npz")
+    return [torch.from_numpy(saved[f"arr_{i}"]) for i in range(len(saved.files))]
+
+
 def test_torchscript_runs_without_atss_core(quickstart, tmp_path):
     """torch.jit.load with only torch and torchvision imported (in a fresh interpreter)."""
     _, _, files, expected = quickstart
-    image = golden_test_images()[0]
-    np.save(tmp_path / "image.npy", image[None].numpy())
-    script = (
-        "import sys, numpy, torch, torchvision\n"
-        f"model = torch.jit.load({str(files['torchscript'])!r})\n"
-        f"outputs = model(torch.from_numpy(numpy.load({str(tmp_path / 'image.npy')!r})))\n"
-        "assert not any(name.startswith('atss_core') for name in sys.modules)\n"
-        f"numpy.savez({str(tmp_path / 'out.npz')!r}, *[o.numpy() for o in outputs])\n")
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=300)
-    saved = np.load(tmp_path / "out.npz")
-    assert_same_as_pytorch(expected[0], [torch.from_numpy(saved[f"arr_{i}"]) for i in range(3)])
+    outputs = run_alone(
+        tmp_path, golden_test_images()[0], "torch, torchvision",
+        f"[o.numpy() for o in torch.jit.load({str(files['torchscript'])!r})(torch.from_numpy(image))]",
+        "assert not any(name.startswith('atss_core') for name in sys.modules)")
+    assert_same_as_pytorch(expected[0], outputs)
 
 
 def test_onnx_runs_in_onnxruntime_alone(quickstart, tmp_path):
     """The ONNX file needs onnxruntime only: no torch in the interpreter that runs it."""
     _, _, files, expected = quickstart
-    image = golden_test_images()[1]
-    np.save(tmp_path / "image.npy", image[None].numpy())
-    script = (
-        "import sys, json, numpy, onnxruntime\n"
-        f"session = onnxruntime.InferenceSession({str(files['onnx'])!r}, providers=['CPUExecutionProvider'])\n"
-        f"outputs = session.run(None, {{'image': numpy.load({str(tmp_path / 'image.npy')!r})}})\n"
-        "assert 'torch' not in sys.modules\n"
-        "print(json.dumps([o.tolist() for o in outputs]))\n")
-    result = subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=300,
-                            capture_output=True, text=True)
-    boxes, scores, labels = json.loads(result.stdout)
-    outputs = [torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores, dtype=torch.float32),
-               torch.tensor(labels, dtype=torch.int64)]
+    outputs = run_alone(
+        tmp_path, golden_test_images()[1], "onnxruntime",
+        f"onnxruntime.InferenceSession({str(files['onnx'])!r}, providers=['CPUExecutionProvider'])"
+        ".run(None, {'image': image})",
+        "assert 'torch' not in sys.modules")
     assert_same_as_pytorch(expected[1], outputs)
 
 
