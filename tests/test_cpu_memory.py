@@ -14,9 +14,9 @@ import pytest
 from conftest import REPO_ROOT
 
 PROBE = """
-import json, resource, torch
+import json, resource, sys, torch
 from atss_core.utils.cpu_memory import keep_freed_cpu_memory
-applied = keep_freed_cpu_memory("cpu")
+applied = keep_freed_cpu_memory(sys.argv[1])  # the run's MODEL.DEVICE
 torch.manual_seed(0)
 convs = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
                             torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()).eval()
@@ -31,16 +31,20 @@ print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 
-def probe(keep):
+PAGES_PER_MAP = 2 * 16 * 600 * 600 * 4 // os.sysconf("SC_PAGE_SIZE")  # one conv output
+
+
+def probe(keep, device="cpu"):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), ATSS_KEEP_FREED_MEMORY=keep)
-    run = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", PROBE, device], env=env, capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 def test_freed_large_blocks_are_reused_without_page_faults():
-    pages = 2 * 16 * 600 * 600 * 4 // os.sysconf("SC_PAGE_SIZE")  # one conv output
+    pages = PAGES_PER_MAP
     default = probe("0")
     assert default["applied"] is False
     assert min(default["faults"][2:]) > pages, default["faults"]  # every map is mapped and faulted in again
@@ -54,6 +58,9 @@ def test_freed_large_blocks_are_reused_without_page_faults():
     assert sum(later) < sum(default["faults"][1:]) / 4, (kept["faults"], default["faults"])
 
 
-def test_only_cpu_runs_change_the_allocator():
-    from atss_core.utils.cpu_memory import keep_freed_cpu_memory
-    assert keep_freed_cpu_memory("cuda") is False  # nothing changes for GPU runs (not even in this process)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_gpu_runs_keep_glibc_defaults():
+    """A run whose MODEL.DEVICE is cuda leaves malloc alone: every step faults its maps in again."""
+    gpu_run = probe("1", device="cuda")
+    assert gpu_run["applied"] is False
+    assert min(gpu_run["faults"][2:]) > PAGES_PER_MAP, gpu_run["faults"]

@@ -31,8 +31,9 @@ _applied = False
 def keep_freed_cpu_memory(device: Union[str, torch.device] = "cpu") -> bool:
     """For a process that runs its model on ``device``: when that is the CPU, configure glibc
     malloc (once per process) to serve large blocks from its heap and keep up to 2 GiB of freed
-    memory at its top. Returns whether the setting is in force: False for other devices, where
-    there is no glibc (macOS, Windows, musl) and with ``ATSS_KEEP_FREED_MEMORY=0``."""
+    memory at its top. Returns True when this CPU run has the setting; False for other devices
+    (whose runs leave malloc alone), where there is no glibc (macOS, Windows, musl) and with
+    ``ATSS_KEEP_FREED_MEMORY=0``."""
     global _applied
     if torch.device(device).type != "cpu":
         return False
