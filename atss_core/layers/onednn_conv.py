@@ -77,9 +77,7 @@ class OneDNNConv2d(nn.Conv2d):
     def _post_op_dtype(self, input, weight, bias, residual):
         """The dtype the fused conv + ReLU kernel runs in here (float32, or bfloat16 under CPU
         bfloat16 autocast), or None where the plain path must run."""
-        if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or input.device.type != "cpu" or isinstance(self.padding, str)
-                or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)):
+        if torch.jit.is_scripting() or not self._onednn_applies(input):
             return None
         nhwc = torch.channels_last
         if residual is not None and not (self.groups == 1 and input.is_contiguous(memory_format=nhwc)
@@ -106,10 +104,14 @@ class OneDNNConv2d(nn.Conv2d):
         return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def _takes_onednn(self, input, weight):
+        return (self._onednn_applies(input) and input.dtype == torch.float32
+                and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
+
+    def _onednn_applies(self, input):
+        """Whether this call may bypass ``F.conv2d`` for a oneDNN kernel at all: an eager CPU
+        call (not traced or compiled), numeric padding, and oneDNN on."""
         return (not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-                and input.device.type == "cpu" and input.dtype == torch.float32
-                and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-                and not isinstance(self.padding, str)
+                and input.device.type == "cpu" and not isinstance(self.padding, str)
                 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
     @property
