@@ -1,5 +1,6 @@
 """The training loop: exact resume, mixed precision, logging, non-finite losses, train_net."""
 import logging
+import os
 import re
 import statistics
 import time
@@ -352,7 +353,14 @@ def _ddp_worker(rank, world_size, tmp_dir):
     except FloatingPointError as error:
         result["error"] = str(error)
     torch.save(result, f"{tmp_dir}/rank{rank}.pt")
+    # Tear down in a fixed order while the interpreter is whole: DDP holds the process group,
+    # so it goes first, and no rank leaves before both are done. Then skip interpreter
+    # finalization, where gloo's threads were seen to abort the process now and then
+    # ("terminate called without an active exception") after everything had been written.
+    del ddp_model, checkpointer
+    dist.barrier()
     dist.destroy_process_group()
+    os._exit(0)
 
 
 class _BothRanksLoader(SyntheticLoader):
