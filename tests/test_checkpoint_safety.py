@@ -328,22 +328,32 @@ def _finished_pid():
 def test_output_dir_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path):
     lock = tmp_path / LOCK_FILE
     host = socket.gethostname()
+    own_start = checkpoint_module._process_start_time(os.getpid())
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        lock.write_text(f"{live.pid}@{host}")
-        with pytest.raises(OutputDirInUseError) as error:
-            lock_output_dir(str(tmp_path))
-        assert _one_line(error.value).startswith(
-            f"{tmp_path} is in use by a running training (pid {live.pid}, lock file {lock})")
-        assert lock.read_text() == f"{live.pid}@{host}"
+        live_start = checkpoint_module._process_start_time(live.pid)
+        if sys.platform.startswith("linux"):  # clock ticks since boot; the child started later
+            assert live_start.isdigit() and own_start.isdigit() and int(live_start) >= int(own_start)
+        # Held by the live process: with its start time, and in the older "pid@host" form.
+        for holder in (f"{live.pid}@{host}:{live_start}", f"{live.pid}@{host}"):
+            lock.write_text(holder)
+            with pytest.raises(OutputDirInUseError) as error:
+                lock_output_dir(str(tmp_path))
+            assert _one_line(error.value).startswith(
+                f"{tmp_path} is in use by a running training (pid {live.pid}, lock file {lock})")
+            assert lock.read_text() == holder
+        if live_start:  # the pid now belongs to another process than the one that wrote the lock
+            lock.write_text(f"{live.pid}@{host}:{int(live_start) - 1}")
+            assert lock_output_dir(str(tmp_path)) == str(lock)
+            checkpoint_module._unlock(str(lock), lock.read_text())
     finally:
         live.kill()
         live.wait()
 
     lock.write_text(f"{_finished_pid()}@{host}")  # left behind by a kill -9
     assert lock_output_dir(str(tmp_path)) == str(lock)
-    assert lock.read_text() == f"{os.getpid()}@{host}"
-    checkpoint_module._unlock(str(lock), f"{os.getpid()}@{host}")
+    assert lock.read_text() == f"{os.getpid()}@{host}:{own_start}"
+    checkpoint_module._unlock(str(lock), f"{os.getpid()}@{host}:{own_start}")
     assert not lock.exists()
 
     lock.write_text("123@another-host")

@@ -13,7 +13,8 @@ Training resumes from OUTPUT_DIR/last_checkpoint when it exists (the log names t
 iteration); ``--no-resume`` starts fresh in the same folder instead, from MODEL.WEIGHT at
 iteration 0. On resume the lr schedule follows the current config (SOLVER.BASE_LR, STEPS,
 GAMMA, WARMUP_*, ...), and every such setting that changed since the checkpoint is logged.
-One training run at a time may use an OUTPUT_DIR (OUTPUT_DIR/train.lock holds its pid).
+One training run at a time may use an OUTPUT_DIR (OUTPUT_DIR/train.lock holds its pid, host
+and start time).
 OUTPUT_DIR also gets log.txt, metrics.json and TensorBoard events (every SOLVER.LOG_PERIOD
 iterations and after each evaluation; see TEST.EVAL_PERIOD, SOLVER.CHECKPOINT_KEEP and
 tools/plot_metrics.py).

@@ -115,16 +115,39 @@ def _process_alive(pid):
     return True
 
 
-def lock_output_dir(folder):
-    """Take ``folder/train.lock`` (holding "pid@host") for this process until it exits.
+def _process_start_time(pid):
+    """When process ``pid`` started (clock ticks since boot, from /proc), or "" where that
+    cannot be read. With the pid it names one process: pids are reused (after a reboot, in a
+    restarted container), start times of the same pid are not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # Field 22 of stat is the start time; field 2 (the command) may hold spaces and ")".
+    fields_after_command = stat.rpartition(")")[2].split()
+    return fields_after_command[19] if len(fields_after_command) > 19 else ""
 
-    A lock whose process has died (e.g. killed with -9) is taken over.
+
+def _lock_holder_alive(pid, start_time):
+    """Whether the process that wrote a lock with ``pid`` and ``start_time`` still runs; a lock
+    without a start time (older files, systems without /proc) trusts the pid alone."""
+    if not _process_alive(pid):
+        return False
+    return not start_time or _process_start_time(pid) in ("", start_time)
+
+
+def lock_output_dir(folder):
+    """Take ``folder/train.lock`` (holding "pid@host:start_time") for this process until it exits.
+
+    A lock whose process has died (e.g. killed with -9) is taken over, also when another
+    process has since been given its pid.
 
     Raises:
         OutputDirInUseError: a live process, or a process on another host, holds the lock.
     """
     path = os.path.join(folder, LOCK_FILE)
-    owner = f"{os.getpid()}@{socket.gethostname()}"
+    owner = f"{os.getpid()}@{socket.gethostname()}:{_process_start_time(os.getpid())}"
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -134,12 +157,13 @@ def lock_output_dir(folder):
                     holder = f.read().strip()
             except FileNotFoundError:  # released in the meantime
                 continue
-            pid, _, host = holder.partition("@")
+            pid, _, host_and_start = holder.partition("@")
+            host, _, start_time = host_and_start.partition(":")
             if host and host != socket.gethostname():
                 raise OutputDirInUseError(
                     f"{folder} is in use by a training run on {host} (pid {pid}, lock file {path}); "
                     "use another OUTPUT_DIR, or delete the lock file if that run has ended") from None
-            if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and _lock_holder_alive(int(pid), start_time):
                 raise OutputDirInUseError(
                     f"{folder} is in use by a running training (pid {pid}, lock file {path}); "
                     "wait for it to end or use another OUTPUT_DIR") from None
