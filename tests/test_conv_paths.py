@@ -13,6 +13,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from atss_core.config import cfg as default_cfg
+from atss_core.layers import onednn_conv
 from atss_core.layers import FrozenBatchNorm2d, OneDNNConv2d, conv_norm_relu, use_onednn_convolutions
 from atss_core.modeling.detector import build_detection_model
 from atss_core.modeling.fuse import apply_frozen_bn_in_convs
@@ -183,7 +184,8 @@ def conv_norm_relu_reference(conv, norm, images, residual):
 @pytest.mark.parametrize("with_residual", [False, True])
 @pytest.mark.parametrize("geometry", [dict(kernel_size=1), dict(kernel_size=3, padding=1, stride=2),
                                       dict(kernel_size=3, padding=2, dilation=2, groups=2)])
-def test_conv_norm_relu_fuses_relu_and_residual_without_grad(geometry, with_residual, memory_format):
+def test_conv_norm_relu_fuses_relu_and_residual_without_grad(geometry, with_residual, memory_format,
+                                                             monkeypatch):
     reference = nn.Sequential(nn.Conv2d(4, 6, **geometry), random_frozen_norm(6))
     linked = apply_frozen_bn_in_convs(use_onednn_convolutions(copy.deepcopy(reference)))
     images = torch.randn(2, 4, 11, 13).contiguous(memory_format=memory_format)
@@ -194,19 +196,26 @@ def test_conv_norm_relu_fuses_relu_and_residual_without_grad(geometry, with_resi
 
         used = op_names(lambda: conv_norm_relu(linked[0], linked[1], images, residual))
         output = conv_norm_relu(linked[0], linked[1], images, residual)
-        fused_add = memory_format == torch.channels_last and geometry.get("groups", 1) == 1
-        if with_residual and not fused_add:  # oneDNN fuses the add for ungrouped NHWC convs only
-            assert FUSED_CONV_OP not in used and "aten::add_" in used
-        else:
+        # oneDNN fuses the add for ungrouped NHWC convs only
+        fusable = not with_residual or (memory_format == torch.channels_last and geometry.get("groups", 1) == 1)
+        if fusable:
             assert FUSED_CONV_OP in used and "aten::relu_" not in used and "aten::add_" not in used
+        else:
+            assert FUSED_CONV_OP not in used and "aten::add_" in used
         torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
         assert output.is_contiguous(memory_format=memory_format)
 
-        # bfloat16 autocast: the fused kernel in bfloat16, close to the float32 result.
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = conv_norm_relu(linked[0], linked[1], images, residual)
-        assert low.dtype == torch.bfloat16
-        torch.testing.assert_close(low.float(), expected, rtol=0.05, atol=0.1)
+        # bfloat16 autocast: the fused kernel in bfloat16 where oneDNN has bfloat16 kernels for
+        # this CPU, else the plain ops (emulated bfloat16); either way close to the float32 result.
+        for has_bfloat16 in {onednn_conv.onednn_has_bfloat16(), False}:
+            with monkeypatch.context() as patch:
+                patch.setattr(onednn_conv, "onednn_has_bfloat16", lambda: has_bfloat16)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    used = op_names(lambda: conv_norm_relu(linked[0], linked[1], images, residual))
+                    low = conv_norm_relu(linked[0], linked[1], images, residual)
+            assert (FUSED_CONV_OP in used) == (fusable and has_bfloat16)
+            assert low.dtype == torch.bfloat16
+            torch.testing.assert_close(low.float(), expected, rtol=0.05, atol=0.1)
         # float16 autocast keeps the plain ops (no fused float16 kernel on most CPUs).
         with torch.autocast("cpu", dtype=torch.float16):
             used = op_names(lambda: conv_norm_relu(linked[0], linked[1], images, residual))

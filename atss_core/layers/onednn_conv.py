@@ -27,12 +27,14 @@ affine map is folded into the weight and bias at every forward, so training and 
 skip the norm's pass over the activations, forward and backward.
 
 ``conv_norm_relu(conv, norm, x, residual)`` computes ``relu(norm(conv(x)) [+ residual])``. Where
-no gradient is needed on CPU (float32, or bfloat16 autocast) and the norm is already applied by
-the conv, the ReLU and the residual add run inside the oneDNN convolution as post-ops
+no gradient is needed on CPU (float32, or bfloat16 autocast on a CPU oneDNN has bfloat16 kernels
+for) and the norm is already applied by the conv, the ReLU and the residual add run inside the
+oneDNN convolution as post-ops
 (``mkldnn::_convolution_pointwise``; the add needs an ungrouped conv on channels_last tensors).
 The output is then written once instead of being read and written again by ``add_`` and
 ``relu_``, which matters for the large, memory-bound maps of the first ResNet stages.
 """
+import functools
 from typing import Optional
 
 import torch
@@ -87,7 +89,8 @@ class OneDNNConv2d(nn.Conv2d):
                                            for t in (input, weight, bias, residual)):
             return None  # the fused kernel has no backward
         if torch.is_autocast_enabled("cpu"):
-            return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+            bfloat16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and onednn_has_bfloat16()
+            return torch.bfloat16 if bfloat16 else None
         plain_float32 = all(t is None or t.dtype == torch.float32 for t in (input, weight, bias, residual))
         return torch.float32 if plain_float32 else None
 
@@ -118,6 +121,13 @@ class OneDNNConv2d(nn.Conv2d):
     def _pointwise(self):
         return (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
                 and self.groups == 1)
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_has_bfloat16():
+    """Whether oneDNN runs bfloat16 convolutions on this CPU: it needs AVX-512 (BW, VL, DQ) or
+    AVX-NE-CONVERT and raises elsewhere, where ``F.conv2d`` emulates bfloat16 instead."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _slow_backward_ahead(input, weight, bias):
