@@ -82,6 +82,9 @@ def test_no_slow_conv_in_training_step_or_inference(one_thread, config, channels
     used = op_names(lambda: sum(model(images, two_box_targets(width, height)).values()).backward())
     assert "aten::mkldnn_convolution" in used  # the profile did see the convolutions
     assert not used & set(SLOW_CONV_OPS), f"training step took {sorted(used & set(SLOW_CONV_OPS))}"
+    # Gradients have their parameters' exact strides, as DDP's buckets need (else it warns and copies).
+    assert [name for name, p in model.named_parameters()
+            if p.grad is not None and p.grad.stride() != p.stride()] == []
 
     # Batch 1 after prepare_for_inference: the head's convs on P6/P7 are tiny maps.
     model.prepare_for_inference()
@@ -103,10 +106,12 @@ def test_onednn_conv_matches_nn_conv2d_values_and_grads(one_thread, geometry, me
     fast = use_onednn_convolutions(nn.Sequential(nn.Conv2d(8, 12, **geometry)))[0]
     assert type(fast) is OneDNNConv2d
     fast.load_state_dict(reference.state_dict())  # same names, same parameters
+    fast.to(memory_format=memory_format)  # as MODEL.CHANNELS_LAST stores the weights
     images = torch.randn(2, 8, 9, 11).contiguous(memory_format=memory_format)
 
     output = assert_same_values_and_grads(fast, reference, images)
     assert output.is_contiguous(memory_format=memory_format)
+    assert [p.grad.stride() for p in fast.parameters()] == [p.stride() for p in fast.parameters()]
     with torch.no_grad():  # the oneDNN conv for every geometry
         torch.testing.assert_close(fast(images), reference(images), rtol=1e-5, atol=1e-5)
 

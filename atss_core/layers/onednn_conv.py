@@ -140,7 +140,12 @@ def _slow_backward_ahead(input, weight, bias):
 def _pointwise_conv(input, weight, bias):
     """1x1 conv as a matrix product: input (N, C, H, W), weight (O, C, 1, 1), bias (O,) or None
     -> (N, O, H, W) in the input's memory format."""
-    weight = weight.flatten(1)
+    if weight.stride(-1) != 1:  # a channels_last weight, strides (C, 1, C, C)
+        # Through NHWC so that the weight's gradient comes back with these strides, not (C, 1, 1, 1):
+        # DDP compares the strides, size-1 dims included, and warns and copies on a mismatch.
+        weight = weight.permute(0, 2, 3, 1).reshape(len(weight), -1)
+    else:
+        weight = weight.flatten(1)
     if input.is_contiguous(memory_format=torch.channels_last):
         # (N, H, W, C) is contiguous here, and so is the result viewed back as NCHW.
         return F.linear(input.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
