@@ -144,8 +144,11 @@ def _run_all(commands, env):
 
 
 def _run_ok(commands, env):
-    for returncode, output in _run_all(commands, env):
+    """Run ``commands`` as one job; every one must succeed. Returns their outputs."""
+    results = _run_all(commands, env)
+    for returncode, output in results:
         assert returncode == 0, f"exit code {returncode}; output:\n{output[-6000:]}"
+    return [output for _, output in results]
 
 
 def _launch_commands(launcher, script, port):
@@ -211,7 +214,11 @@ def _train(workspace, launcher, output_dir, train_set, extra_opts=()):
             *extra_opts, "OUTPUT_DIR", str(output_dir)]
     commands = [command + ["--config-file", CONFIG, "--skip-test", *opts]
                 for command in _launch_commands(launcher, "tools/train_net.py", _free_port())]
-    _run_ok(commands, _environment(workspace["hook"], metrics))
+    outputs = _run_ok(commands, _environment(workspace["hook"], metrics))
+    # DDP's own warnings: gradients laid out unlike their parameters (DDP then copies them every
+    # step) and the keyword torch 2.14 deprecates.
+    for warning in ("Grad strides do not match bucket view strides", "`broadcast_buffers` is deprecated"):
+        assert not any(warning in output for output in outputs), f"{launcher}: DDP warned: {warning}"
     ranks = sorted(path.name for path in output_dir.glob("metrics.rank*.json"))
     expected_ranks = ["metrics.rank0.json"] if launcher == "single" else [
         "metrics.rank0.json", "metrics.rank1.json"]

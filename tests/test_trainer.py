@@ -17,6 +17,7 @@ from atss_core.engine.trainer import do_train
 from atss_core.solver import make_grad_scaler, make_lr_scheduler, make_optimizer
 from atss_core.utils.checkpoint import Checkpointer
 from atss_core.utils.checkpoint_retention import remove_old_periodic_checkpoints
+from atss_core.utils.comm import no_buffer_sync_option
 from atss_core.utils.events import MetricsWriter, read_metrics
 from atss_core.utils.metric_logger import MetricLogger, SmoothedValue
 from conftest import DEVICES, REPO_ROOT, load_tool
@@ -340,7 +341,7 @@ def _ddp_worker(rank, world_size, tmp_dir):
     model = TinyDetector()
     optimizer = make_optimizer(cfg, model)
     scheduler = make_lr_scheduler(cfg, optimizer)
-    ddp_model = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    ddp_model = nn.parallel.DistributedDataParallel(model, **no_buffer_sync_option())
     checkpointer = Checkpointer(ddp_model, optimizer, scheduler, f"{tmp_dir}/out",
                                 save_to_disk=rank == 0)
     do_train(ddp_model, SyntheticLoader(6, rank=rank), optimizer, scheduler, checkpointer, CPU,

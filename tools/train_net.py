@@ -42,7 +42,7 @@ from atss_core.solver import (make_grad_scaler, make_lr_scheduler, make_optimize
 from atss_core.utils.checkpoint import (DetectronCheckpointer, DiskFullError, OutputDirInUseError,
                                         lock_output_dir, remove_partial_files)
 from atss_core.utils.collect_env import collect_env_info
-from atss_core.utils.comm import get_rank, is_main_process
+from atss_core.utils.comm import get_rank, is_main_process, no_buffer_sync_option
 from atss_core.utils.cpu_memory import log_cpu_memory_setting
 from atss_core.utils.events import MetricsWriter
 from atss_core.utils.logger import setup_logger
@@ -105,7 +105,7 @@ def train(cfg, local_rank, distributed, resume=True):
             device_ids=[local_rank] if device.type == "cuda" else None,
             output_device=local_rank if device.type == "cuda" else None,
             # FrozenBN buffers never change, so there is nothing to broadcast.
-            broadcast_buffers=False,
+            **no_buffer_sync_option(),
         )
 
     arguments = {"iteration": 0}

@@ -4,6 +4,8 @@ Every helper works without an initialised process group, so single-process code
 can call them unconditionally.
 """
 
+import inspect
+
 import torch
 import torch.distributed as dist
 
@@ -65,3 +67,13 @@ def reduce_dict(input_dict, average=True):
         if dist.get_rank() == 0 and average:
             values /= world_size
         return dict(zip(names, values))
+
+
+def no_buffer_sync_option():
+    """The ``DistributedDataParallel`` keyword that turns off the buffer broadcast before every
+    forward: ``forward_sync_buffers=False`` where torch has it (torch 2.14 deprecates
+    ``broadcast_buffers``), else ``broadcast_buffers=False``. The first also syncs buffers
+    once at construction, which changes nothing when every process built the same model."""
+    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    name = "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
+    return {name: False}
