@@ -410,7 +410,23 @@ def test_merge_config_merges_freezes_and_reports_user_errors_in_one_line(tmp_pat
     with pytest.raises(FileNotFoundError, match="no config file given"):
         merge_config(cfg.clone(), "")
     for opts, expected in ((["SOLVER.NOPE", "1"], "SOLVER.NOPE"), (["SOLVER.BASE_LR"], "odd length"),
-                           (["SOLVER.BASE_LR", "fast"], "Type mismatch")):
+                           (["SOLVER.BASE_LR", "fast"], "Type mismatch"),
+                           (["MODEL.CHANNELS_LAST", "1"], "Type mismatch")):  # a bool key stays strict
         with pytest.raises(ValueError) as error:
             merge_config(cfg.clone(), str(config_file), opts)
         assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_ints_are_taken_for_float_keys_in_files_and_overrides(tmp_path):
+    """yacs alone refuses "BASE_LR: 1" and "MODEL.ATSS.INFERENCE_TH 0" as type mismatches."""
+    from atss_core.config import cfg, merge_config
+    config_file = tmp_path / "ints.yaml"
+    config_file.write_text("SOLVER:\n  BASE_LR: 1\n  MAX_ITER: 7\n  GAMMA: 0\n"
+                           "MODEL:\n  ATSS:\n    TOPK: 5\n")
+    merged = merge_config(cfg.clone(), str(config_file), ["MODEL.ATSS.INFERENCE_TH", "0", "SOLVER.WARMUP_FACTOR", "1",
+                                                          "SOLVER.CHECKPOINT_PERIOD", "3"])
+    values = (merged.SOLVER.BASE_LR, merged.SOLVER.GAMMA, merged.MODEL.ATSS.INFERENCE_TH,
+              merged.SOLVER.WARMUP_FACTOR, merged.SOLVER.MAX_ITER, merged.MODEL.ATSS.TOPK,
+              merged.SOLVER.CHECKPOINT_PERIOD)
+    assert values == (1.0, 0.0, 0.0, 1.0, 7, 5, 3)
+    assert [type(value) for value in values] == [float] * 4 + [int] * 3

@@ -1,4 +1,5 @@
 """Configuration: ``cfg`` is the default yacs ``CfgNode`` (clone it before changing it)."""
+import ast
 import os
 
 import yaml
@@ -21,10 +22,10 @@ def merge_config(config, config_file, opts=None):
         raise FileNotFoundError("no config file given: pass --config-file FILE")
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} not found; pass an existing yaml with --config-file")
-    _check_yaml_mapping(config_file)
+    content = _check_yaml_mapping(config_file)
     try:
-        config.merge_from_file(config_file)
-        config.merge_from_list(list(opts or []))
+        config.merge_from_other_cfg(type(config)(_floats_for_ints(content or {}, config)))
+        config.merge_from_list(_float_opts_for_ints(list(opts or []), config))
     except (KeyError, ValueError, AssertionError, TypeError) as error:
         message = error.args[0] if error.args else repr(error)
         raise ValueError(f"bad config option ({message}); check {config_file} and the KEY VALUE pairs on "
@@ -51,3 +52,43 @@ def _check_yaml_mapping(config_file):
     if content is not None and not isinstance(content, dict):
         raise ValueError(f"config file {config_file} holds a yaml {type(content).__name__}, expected "
                          "a mapping of config keys (KEY: value lines, e.g. 'SOLVER:' then '  BASE_LR: 0.01')")
+    return content
+
+
+# yacs refuses an int for a float key ("BASE_LR: 1", "MODEL.ATSS.INFERENCE_TH 0") as a type
+# mismatch; these two turn such ints into floats before merging. Everything else is left to yacs.
+
+def _floats_for_ints(values, config):
+    """The yaml mapping ``values`` with every int set on a float key of ``config`` made a float."""
+    converted = {}
+    for key, value in values.items():
+        default = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, dict) and isinstance(default, dict):
+            value = _floats_for_ints(value, default)
+        elif _is_int(value) and isinstance(default, float):
+            value = float(value)
+        converted[key] = value
+    return converted
+
+
+def _float_opts_for_ints(opts, config):
+    """The ``KEY VALUE`` list ``opts`` with every int value of a float key written as a float."""
+    converted = list(opts)
+    for index in range(0, len(opts) - 1, 2):
+        default = config
+        for part in str(opts[index]).split("."):
+            default = default.get(part) if isinstance(default, dict) else None
+        if isinstance(default, float) and _is_int(_literal(opts[index + 1])):
+            converted[index + 1] = repr(float(_literal(opts[index + 1])))
+    return converted
+
+
+def _literal(text):
+    try:
+        return ast.literal_eval(text) if isinstance(text, str) else text
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
