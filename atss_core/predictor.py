@@ -115,7 +115,7 @@ def load_inference_model(cfg, weights, fuse=True, channels_last=True):
 
 
 class Predictor:
-    """Detector + test-time preprocessing for one numpy image at a time.
+    """Detector + test-time preprocessing for numpy images.
 
     Args:
         config_file: yaml config of the model (e.g. from ``atss_core.model_zoo.get_config_file``).
@@ -124,7 +124,8 @@ class Predictor:
         input_format: channel order of the images given, "BGR" (cv2's) or "RGB".
     ``predictor(image)`` with image ``(H, W, 3)`` uint8 returns a dict: ``boxes`` (K, 4) float32
     xyxy in the image's pixels, ``scores`` (K,) float32, ``labels`` (K,) int64 in 1..C, by
-    descending score, and ``class_names`` (K,) the labels' names.
+    descending score, and ``class_names`` (K,) the labels' names. ``predictor.predict_batch(images)``
+    returns one such dict per image of a list, running them through the network as one batch.
     """
 
     def __init__(self, config_file, weights, opts=None, input_format="BGR"):
@@ -159,22 +160,43 @@ class Predictor:
     def predict_boxlist(self, image):
         """All detections on ``image`` ((H, W, 3) uint8 in ``input_format``) as a CPU BoxList of the
         image's size (W, H), fields ``scores`` and ``labels``."""
+        return self.predict_boxlists([image])[0]
+
+    def predict_boxlists(self, images):
+        """``predict_boxlist`` for a list of images, run through the network as one batch.
+
+        The batch is padded to its largest image, as test_net pads TEST.IMS_PER_BATCH images, so
+        a smaller image's detections may differ slightly from its own ``predict_boxlist`` (the
+        head's GroupNorm sees the padding). Images of one size give the same detections.
+        """
+        tensors = [self._to_model_input(image) for image in images]
+        if not tensors:
+            return []
+        image_list = to_image_list(tensors, self.cfg.DATALOADER.SIZE_DIVISIBILITY).to(self.device)
+        # TEST.DTYPE: the network in that dtype, the post-processing in float32.
+        with torch.inference_mode(), inference_autocast(self.cfg, self.device):
+            predictions = self.model(image_list)
+        return [prediction.to("cpu").resize((image.shape[1], image.shape[0]))
+                for prediction, image in zip(predictions, images)]
+
+    def _to_model_input(self, image):
+        """The test-time transforms of one numpy image: a (3, h, w) float tensor."""
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__)
             raise ValueError(f"expected an (H, W, 3) uint8 {self.input_format} numpy image, got shape {shape} "
                              f"dtype {dtype}")
         rgb = image[:, :, ::-1] if self.input_format == "BGR" else image
         # The test-time transforms take a PIL RGB image, as the data loader gives them.
-        tensor = self.transforms(Image.fromarray(np.ascontiguousarray(rgb)))
-        image_list = to_image_list(tensor, self.cfg.DATALOADER.SIZE_DIVISIBILITY).to(self.device)
-        # TEST.DTYPE: the network in that dtype, the post-processing in float32.
-        with torch.inference_mode(), inference_autocast(self.cfg, self.device):
-            prediction = self.model(image_list)[0].to("cpu")
-        height, width = image.shape[:2]
-        return prediction.resize((width, height))
+        return self.transforms(Image.fromarray(np.ascontiguousarray(rgb)))
 
     def __call__(self, image):
-        prediction = self.predict_boxlist(image)
+        return self._as_dict(self.predict_boxlist(image))
+
+    def predict_batch(self, images):
+        """``predictor(image)`` for each of ``images``, run as one batch (see ``predict_boxlists``)."""
+        return [self._as_dict(prediction) for prediction in self.predict_boxlists(images)]
+
+    def _as_dict(self, prediction):
         labels = prediction.get_field("labels")
         return {
             "boxes": prediction.bbox.numpy().astype(np.float32),

@@ -35,6 +35,20 @@ def test_predictor_returns_boxes_in_original_pixels(tiny_model, size, box):
     np.testing.assert_allclose(result["boxes"], np.tile(box, (4, 1)), atol=0.05)
 
 
+def test_predict_batch_gives_each_image_its_own_detections(tiny_model):
+    config_file, weights, _ = tiny_model
+    predictor = Predictor(config_file, weights, opts=["MODEL.DEVICE", "cpu"])
+    images = [noise_image(*LANDSCAPE_HW), noise_image(*PORTRAIT_HW), noise_image(*LANDSCAPE_HW)]
+    results = predictor.predict_batch(images)
+    assert len(results) == 3 and predictor.predict_batch([]) == []
+    for result, box in zip(results, (LANDSCAPE_BOX, PORTRAIT_BOX, LANDSCAPE_BOX)):
+        assert result["labels"].tolist() == [1, 2, 3, 4]
+        np.testing.assert_allclose(result["scores"], SCORES, atol=1e-4)
+        np.testing.assert_allclose(result["boxes"], np.tile(box, (4, 1)), atol=0.05)
+    with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) uint8 BGR numpy image"):
+        predictor.predict_batch([images[0], images[0][:, :, 0]])
+
+
 def test_predictor_rgb_input_and_opts(tiny_model):
     config_file, weights, _ = tiny_model
     image = noise_image(*LANDSCAPE_HW)
