@@ -317,16 +317,28 @@ def test_periodic_evaluation_checks_the_test_set_before_training_even_with_skip_
     assert len(training) == 1
 
 
-def test_float16_on_cpu_warns_once_and_suggests_bfloat16(tmp_path, train_net, training, caplog):
-    with caplog.at_level(logging.INFO):
-        train_net.train(_train_cfg(tmp_path, "DTYPE", "float16"), local_rank=0, distributed=False)
-    warnings = [r.getMessage() for r in caplog.records if "float16 on CPU" in r.getMessage()]
-    assert len(warnings) == 1 and "DTYPE bfloat16" in warnings[0]
+def test_slow_cpu_dtypes_warn_once_naming_the_key(tmp_path, train_net, training, caplog, monkeypatch):
+    """float16 on CPU, and bfloat16 on a CPU without native bfloat16 convolutions, are slower
+    than float32: one warning each, naming the key and what to use instead."""
+    from atss_core.engine import precision
+
+    def slow_warnings(*opts):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            train_net.train(_train_cfg(tmp_path, *opts), local_rank=0, distributed=False)
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "slower" in r.getMessage()]
+
+    warnings = slow_warnings("DTYPE", "float16")
+    assert len(warnings) == 1 and warnings[0].startswith("DTYPE float16 on CPU") and "DTYPE bfloat16" in warnings[0]
     assert training[-1]["autocast_dtype"] is torch.float16
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        train_net.train(_train_cfg(tmp_path, "DTYPE", "bfloat16"), local_rank=0, distributed=False)
-    assert "float16 on CPU" not in caplog.text
+    monkeypatch.setattr(precision, "onednn_has_bfloat16", lambda: True)
+    assert slow_warnings("DTYPE", "bfloat16") == []
+    monkeypatch.setattr(precision, "onednn_has_bfloat16", lambda: False)
+    for key in ("DTYPE", "TEST.DTYPE"):
+        warnings = slow_warnings(key, "bfloat16")
+        assert len(warnings) == 1, warnings
+        assert warnings[0].startswith(f"{key} bfloat16: this CPU has no native bfloat16 convolutions")
+        assert warnings[0].endswith("use float32 on this machine")
 
 
 def test_second_run_in_a_live_runs_output_dir_is_refused(tmp_path, train_net, monkeypatch):

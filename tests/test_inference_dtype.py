@@ -4,6 +4,7 @@ Oracles: the float32 run of the same model, and the unit roundoff of each type (
 significant bits, u = 2**-9 ~ 0.002; float16 11 bits, u = 2**-12 ~ 0.00024).
 """
 import copy
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from atss_core.config import cfg as default_cfg
 from atss_core.engine.inference import compute_on_dataset
 from atss_core.engine.precision import inference_autocast
+from atss_core.predictor import Predictor
 from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.image_list import ImageList
 from conftest import DEVICES, load_golden
@@ -93,6 +95,17 @@ def test_network_runs_in_dtype_and_postprocessing_in_float32(prepared_r50_and_im
         for level, (low, high) in enumerate(zip(maps, reference_maps)):
             error = ((low.float() - high).norm() / high.norm()).item()
             assert 0 < error < HEAD_TOLERANCE[dtype], f"{name} level {level}: relative error {error:.4f}"
+
+
+def test_predictor_warns_when_test_dtype_is_slow_on_this_cpu(tiny_model, caplog, monkeypatch):  # noqa: F811
+    from atss_core.engine import precision
+    config_file, weights, _ = tiny_model
+    for has_bfloat16 in (True, False):
+        monkeypatch.setattr(precision, "onednn_has_bfloat16", lambda: has_bfloat16)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            Predictor(config_file, weights, opts=["MODEL.DEVICE", "cpu", "TEST.DTYPE", "bfloat16"])
+        assert ("TEST.DTYPE bfloat16: this CPU has no native bfloat16" in caplog.text) == (not has_bfloat16)
 
 
 def test_demo_runs_the_network_in_test_dtype(tiny_model):  # noqa: F811

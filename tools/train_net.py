@@ -35,6 +35,7 @@ from atss_core.data.errors import one_line_message
 from atss_core.engine.launch import (check_batch_divides, init_distributed, load_config,
                                      parse_command_line, run_test, stop_on_dist_timeout)
 from atss_core.engine.periodic_eval import PeriodicEvaluator, evaluation_metrics
+from atss_core.engine.precision import slow_cpu_dtype_warning
 from atss_core.engine.trainer import do_train
 from atss_core.modeling.detector import build_detection_model
 from atss_core.solver import (make_grad_scaler, make_lr_scheduler, make_optimizer,
@@ -127,9 +128,10 @@ def train(cfg, local_rank, distributed, resume=True):
         return model, False
 
     autocast_dtype = resolve_autocast_dtype(cfg)
-    if autocast_dtype is torch.float16 and device.type == "cpu":
-        logger.warning("DTYPE float16 on CPU is about 10x slower than bfloat16 (CPUs have few float16 "
-                       "kernels); DTYPE bfloat16 gives the same mixed-precision savings")
+    for key, name in (("DTYPE", cfg.DTYPE), ("TEST.DTYPE", cfg.TEST.DTYPE)):
+        slow = slow_cpu_dtype_warning(name, device, key)
+        if slow:
+            logger.warning(slow)
     data_loader = make_data_loader(cfg, is_train=True, is_distributed=distributed,
                                    start_iter=arguments["iteration"])
     start_iter = arguments["iteration"]

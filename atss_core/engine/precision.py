@@ -9,7 +9,9 @@ import contextlib
 
 import torch
 
-__all__ = ["AUTOCAST_DTYPES", "autocast_dtype", "inference_autocast"]
+from atss_core.layers.onednn_conv import onednn_has_bfloat16
+
+__all__ = ["AUTOCAST_DTYPES", "autocast_dtype", "inference_autocast", "slow_cpu_dtype_warning"]
 
 # Config value -> autocast dtype; None means plain float32, no autocast.
 AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,3 +50,18 @@ def inference_autocast(dtype, device):
     if low_precision is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=low_precision)
+
+
+def slow_cpu_dtype_warning(name, device, key="DTYPE"):
+    """A one-line warning when the config value ``name`` of ``key`` makes a ``device`` run
+    slower than float32 would (a CPU without native kernels for that type), else None."""
+    if torch.device(device).type != "cpu":
+        return None
+    dtype = autocast_dtype(name, key)
+    if dtype is torch.float16:
+        return (f"{key} float16 on CPU is about 10x slower than bfloat16 (CPUs have few float16 kernels); "
+                f"{key} bfloat16 gives the same mixed-precision savings")
+    if dtype is torch.bfloat16 and not onednn_has_bfloat16():
+        return (f"{key} bfloat16: this CPU has no native bfloat16 convolutions (oneDNN needs AVX-512 or "
+                "AVX-NE-CONVERT), so they are emulated and slower than float32; use float32 on this machine")
+    return None
