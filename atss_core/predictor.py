@@ -171,6 +171,7 @@ class Predictor:
         a smaller image's detections may differ slightly from its own ``predict_boxlist`` (the
         head's GroupNorm sees the padding). Images of one size give the same detections.
         """
+        images = list(images)  # also a generator: it is read twice
         tensors = [self._to_model_input(image) for image in images]
         if not tensors:
             return []

@@ -411,7 +411,8 @@ def test_merge_config_merges_freezes_and_reports_user_errors_in_one_line(tmp_pat
         merge_config(cfg.clone(), "")
     for opts, expected in ((["SOLVER.NOPE", "1"], "SOLVER.NOPE"), (["SOLVER.BASE_LR"], "odd length"),
                            (["SOLVER.BASE_LR", "fast"], "Type mismatch"),
-                           (["MODEL.CHANNELS_LAST", "1"], "Type mismatch")):  # a bool key stays strict
+                           (["MODEL.CHANNELS_LAST", "1"], "Type mismatch"),  # a bool key stays strict
+                           (["SOLVER.BASE_LR", "1" + "0" * 400], "too large")):
         with pytest.raises(ValueError) as error:
             merge_config(cfg.clone(), str(config_file), opts)
         assert expected in str(error.value) and "\n" not in str(error.value)

@@ -41,6 +41,7 @@ def test_predict_batch_gives_each_image_its_own_detections(tiny_model):
     images = [noise_image(*LANDSCAPE_HW), noise_image(*PORTRAIT_HW), noise_image(*LANDSCAPE_HW)]
     results = predictor.predict_batch(images)
     assert len(results) == 3 and predictor.predict_batch([]) == []
+    assert len(predictor.predict_batch(image for image in images)) == 3
     for result, box in zip(results, (LANDSCAPE_BOX, PORTRAIT_BOX, LANDSCAPE_BOX)):
         assert result["labels"].tolist() == [1, 2, 3, 4]
         np.testing.assert_allclose(result["scores"], SCORES, atol=1e-4)

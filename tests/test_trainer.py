@@ -1,8 +1,10 @@
 """The training loop: exact resume, mixed precision, logging, non-finite losses, train_net."""
+import gc
 import logging
 import os
 import re
 import statistics
+import sys
 import time
 
 import pytest
@@ -359,8 +361,11 @@ def _ddp_worker(rank, world_size, tmp_dir):
     # finalization, where gloo's threads were seen to abort the process now and then
     # ("terminate called without an active exception") after everything had been written.
     del ddp_model, checkpointer
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
 
 

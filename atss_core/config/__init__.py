@@ -26,7 +26,7 @@ def merge_config(config, config_file, opts=None):
     try:
         config.merge_from_other_cfg(type(config)(_floats_for_ints(content or {}, config)))
         config.merge_from_list(_float_opts_for_ints(list(opts or []), config))
-    except (KeyError, ValueError, AssertionError, TypeError) as error:
+    except (KeyError, ValueError, AssertionError, TypeError, OverflowError) as error:
         message = error.args[0] if error.args else repr(error)
         raise ValueError(f"bad config option ({message}); check {config_file} and the KEY VALUE pairs on "
                          "the command line (keys are those of atss_core/config/defaults.py)") from None

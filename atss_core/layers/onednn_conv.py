@@ -126,8 +126,9 @@ class OneDNNConv2d(nn.Conv2d):
 @functools.lru_cache(maxsize=None)
 def onednn_has_bfloat16():
     """Whether oneDNN runs bfloat16 convolutions on this CPU: it needs AVX-512 (BW, VL, DQ) or
-    AVX-NE-CONVERT and raises elsewhere, where ``F.conv2d`` emulates bfloat16 instead."""
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    AVX-NE-CONVERT and raises elsewhere, where ``F.conv2d`` emulates bfloat16 instead. False
+    for torch builds without oneDNN."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _slow_backward_ahead(input, weight, bias):
