@@ -13,8 +13,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from atss_core.config import cfg as default_cfg
-from atss_core.layers import onednn_conv
-from atss_core.layers import FrozenBatchNorm2d, OneDNNConv2d, conv_norm_relu, use_onednn_convolutions
+from atss_core.layers import (FrozenBatchNorm2d, OneDNNConv2d, conv_norm_relu, onednn_conv,
+                              use_onednn_convolutions)
 from atss_core.modeling.detector import build_detection_model
 from atss_core.modeling.fuse import apply_frozen_bn_in_convs
 from atss_core.structures.bounding_box import BoxList
@@ -155,15 +155,21 @@ def test_frozen_norm_applied_in_conv_matches_the_pair(bias):
     assert moved[0].frozen_norm is moved[1]  # copies keep the link inside the copy
 
 
-def test_detector_runs_no_norm_pass_for_frozen_batch_norms():
+def test_detector_runs_no_norm_pass_for_frozen_batch_norms(monkeypatch):
     model = small_detector("atss/atss_R_50_FPN_1x.yaml", False).train()
     # Every bottleneck norm, stem norm and downsample norm is linked to its conv.
     norms = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     assert len(norms) == 53 and all(norm.applied_by_conv for norm in norms)
+    folds = []
+    real_fold_into = FrozenBatchNorm2d.fold_into
+    monkeypatch.setattr(FrozenBatchNorm2d, "fold_into",
+                        lambda norm, *args: folds.append(norm) or real_fold_into(norm, *args))
     height, width = 64, 96
     used = op_names(lambda: sum(model(torch.randn(2, 3, height, width),
                                       two_box_targets(width, height)).values()).backward())
     assert "aten::addcmul" not in used  # FrozenBatchNorm2d's own pass
+    # Each norm is folded into its conv once per forward (the fused-ReLU check does not fold).
+    assert len(folds) == 53 and {id(norm) for norm in folds} == {id(norm) for norm in norms}
 
 
 def test_prepare_for_inference_folds_linked_norms_once():

@@ -29,8 +29,8 @@ skip the norm's pass over the activations, forward and backward.
 ``conv_norm_relu(conv, norm, x, residual)`` computes ``relu(norm(conv(x)) [+ residual])``. Where
 no gradient is needed on CPU (float32, or bfloat16 autocast on a CPU oneDNN has bfloat16 kernels
 for) and the norm is already applied by the conv, the ReLU and the residual add run inside the
-oneDNN convolution as post-ops
-(``mkldnn::_convolution_pointwise``; the add needs an ungrouped conv on channels_last tensors).
+oneDNN convolution as post-ops (``mkldnn::_convolution_pointwise``; the add needs an ungrouped
+conv on channels_last tensors).
 The output is then written once instead of being read and written again by ``add_`` and
 ``relu_``, which matters for the large, memory-bound maps of the first ResNet stages.
 """
@@ -64,10 +64,10 @@ class OneDNNConv2d(nn.Conv2d):
                    residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """``relu(self(input) + residual)`` (``residual`` None: no add) as one oneDNN kernel, or
         None where that kernel cannot run (see the module docstring)."""
-        weight, bias = self._folded_parameters()
-        dtype = self._post_op_dtype(input, weight, bias, residual)
-        if dtype is None:
+        dtype = self._post_op_dtype(input, residual)
+        if dtype is None:  # checked first: the caller's plain path folds the norm in itself
             return None
+        weight, bias = self._folded_parameters()
         input, weight = input.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
         geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
@@ -76,9 +76,12 @@ class OneDNNConv2d(nn.Conv2d):
         return torch.ops.mkldnn._convolution_pointwise.binary(
             input, residual.to(dtype), weight, bias, *geometry, "add", 1.0, "relu", [], "")
 
-    def _post_op_dtype(self, input, weight, bias, residual):
+    def _post_op_dtype(self, input, residual):
         """The dtype the fused conv + ReLU kernel runs in here (float32, or bfloat16 under CPU
-        bfloat16 autocast), or None where the plain path must run."""
+        bfloat16 autocast where oneDNN has bfloat16 kernels), or None where the plain path must
+        run. The conv's own parameters decide as its folded ones would: folding a frozen norm in
+        keeps their dtype and whether they need gradients."""
+        weight, bias = self.weight, self.bias
         if torch.jit.is_scripting() or not self._onednn_applies(input):
             return None
         nhwc = torch.channels_last
