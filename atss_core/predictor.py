@@ -24,7 +24,7 @@ from atss_core.config import cfg as default_cfg, merge_config
 from atss_core.data.build import QUICKSTART_PREFIX
 from atss_core.data.transforms import build_transforms
 from atss_core.engine.launch import resolve_device
-from atss_core.engine.precision import inference_autocast, slow_cpu_dtype_warning
+from atss_core.engine.precision import inference_autocast, warn_if_slow_on_cpu
 from atss_core.modeling.detector import build_detection_model
 from atss_core.structures.image_list import to_image_list
 from atss_core.utils.checkpoint import DetectronCheckpointer
@@ -145,9 +145,8 @@ class Predictor:
         """weights: a path, URL or catalog:// name; the rest as in ``from_config``."""
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"input_format must be 'BGR' or 'RGB', got {input_format!r}")
-        slow = slow_cpu_dtype_warning(cfg.TEST.DTYPE, resolve_device(cfg.MODEL.DEVICE), "TEST.DTYPE")
-        if slow:  # a bad value has failed in one line by now
-            logger.warning(slow)
+        # A bad TEST.DTYPE or MODEL.DEVICE fails here, in one line, before the model is built.
+        warn_if_slow_on_cpu(logger, cfg.TEST.DTYPE, resolve_device(cfg.MODEL.DEVICE), "TEST.DTYPE")
         self.cfg = cfg
         self.input_format = input_format
         self.model = load_inference_model(cfg, weights, fuse=fuse)

@@ -25,7 +25,7 @@ from atss_core.data.errors import one_line_message
 from atss_core.engine.launch import (check_batch_divides, init_distributed, load_config,
                                      parse_command_line, results_folder_name, run_test,
                                      stop_on_dist_timeout)
-from atss_core.engine.precision import slow_cpu_dtype_warning
+from atss_core.engine.precision import warn_if_slow_on_cpu
 from atss_core.modeling.detector import build_detection_model
 from atss_core.utils.checkpoint import DetectronCheckpointer
 from atss_core.utils.collect_env import collect_env_info
@@ -107,9 +107,7 @@ def evaluate(args, distributed, num_processes):
         logger.info("Collecting env info (might take some time)")
         logger.info("\n%s", collect_env_info())
     log_cpu_memory_setting(logger, cfg.MODEL.DEVICE)
-    slow = slow_cpu_dtype_warning(cfg.TEST.DTYPE, cfg.MODEL.DEVICE, "TEST.DTYPE")
-    if slow:
-        logger.warning(slow)
+    warn_if_slow_on_cpu(logger, cfg.TEST.DTYPE, cfg.MODEL.DEVICE, "TEST.DTYPE")
     logger.info("Evaluating weights from %s; results go to %s", source,
                 os.path.join(cfg.OUTPUT_DIR, folder))
     try:

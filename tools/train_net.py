@@ -35,7 +35,7 @@ from atss_core.data.errors import one_line_message
 from atss_core.engine.launch import (check_batch_divides, init_distributed, load_config,
                                      parse_command_line, run_test, stop_on_dist_timeout)
 from atss_core.engine.periodic_eval import PeriodicEvaluator, evaluation_metrics
-from atss_core.engine.precision import slow_cpu_dtype_warning
+from atss_core.engine.precision import warn_if_slow_on_cpu
 from atss_core.engine.trainer import do_train
 from atss_core.modeling.detector import build_detection_model
 from atss_core.solver import (make_grad_scaler, make_lr_scheduler, make_optimizer,
@@ -129,9 +129,7 @@ def train(cfg, local_rank, distributed, resume=True):
 
     autocast_dtype = resolve_autocast_dtype(cfg)
     for key, name in (("DTYPE", cfg.DTYPE), ("TEST.DTYPE", cfg.TEST.DTYPE)):
-        slow = slow_cpu_dtype_warning(name, device, key)
-        if slow:
-            logger.warning(slow)
+        warn_if_slow_on_cpu(logger, name, device, key)
     data_loader = make_data_loader(cfg, is_train=True, is_distributed=distributed,
                                    start_iter=arguments["iteration"])
     start_iter = arguments["iteration"]

@@ -11,7 +11,7 @@ import torch
 
 from atss_core.layers.onednn_conv import onednn_has_bfloat16
 
-__all__ = ["AUTOCAST_DTYPES", "autocast_dtype", "inference_autocast", "slow_cpu_dtype_warning"]
+__all__ = ["AUTOCAST_DTYPES", "autocast_dtype", "inference_autocast", "warn_if_slow_on_cpu"]
 
 # Config value -> autocast dtype; None means plain float32, no autocast.
 AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -52,16 +52,17 @@ def inference_autocast(dtype, device):
     return torch.autocast(torch.device(device).type, dtype=low_precision)
 
 
-def slow_cpu_dtype_warning(name, device, key="DTYPE"):
-    """A one-line warning when the config value ``name`` of ``key`` makes a ``device`` run
-    slower than float32 would (a CPU without native kernels for that type), else None."""
-    if torch.device(device).type != "cpu":
-        return None
+def warn_if_slow_on_cpu(logger, name, device, key="DTYPE"):
+    """Log one warning on ``logger`` when the config value ``name`` of ``key`` makes a run on
+    ``device`` slower than float32 would be (a CPU without native kernels for that type).
+    Raises ValueError (one line) for a value that is no dtype choice."""
     dtype = autocast_dtype(name, key)
+    if torch.device(device).type != "cpu":
+        return
     if dtype is torch.float16:
-        return (f"{key} float16 on CPU is about 10x slower than bfloat16 (CPUs have few float16 kernels); "
-                f"{key} bfloat16 gives the same mixed-precision savings")
-    if dtype is torch.bfloat16 and not onednn_has_bfloat16():
-        return (f"{key} bfloat16: this CPU has no native bfloat16 convolutions (oneDNN needs AVX-512 or "
-                "AVX-NE-CONVERT), so they are emulated and slower than float32; use float32 on this machine")
-    return None
+        logger.warning(f"{key} float16 on CPU is about 10x slower than bfloat16 (CPUs have few float16 "
+                       f"kernels); {key} bfloat16 gives the same mixed-precision savings")
+    elif dtype is torch.bfloat16 and not onednn_has_bfloat16():
+        logger.warning(f"{key} bfloat16: this CPU has no native bfloat16 convolutions (oneDNN needs AVX-512 "
+                       "or AVX-NE-CONVERT), so they are emulated and slower than float32; use float32 on "
+                       "this machine")
