@@ -24,19 +24,16 @@ QUICKSTART = REPO_ROOT / "configs" / "quickstart" / "atss_mnv2_fpn_shapes.yaml"
 SMALL = ["MODEL.DEVICE", "cpu", "MODEL.ATSS.NUM_CONVS", "1", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "32"]
 
 
-_load_tool = load_tool
-
-
 @pytest.fixture
 def train_net(monkeypatch):
-    module = _load_tool("train_net")
+    module = load_tool("train_net")
     monkeypatch.setattr(module, "cfg", default_cfg.clone())
     return module
 
 
 @pytest.fixture
 def test_net(monkeypatch):
-    module = _load_tool("test_net")
+    module = load_tool("test_net")
     monkeypatch.setattr(module, "cfg", default_cfg.clone())
     return module
 
@@ -262,7 +259,7 @@ def _checkpoint_at(tmp_path, iteration, *extra):
     model = build_detection_model(cfg)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_lr_scheduler(cfg, optimizer)
-    train_net = _load_tool("train_net")
+    train_net = load_tool("train_net")
     DetectronCheckpointer(cfg, model, optimizer, scheduler, cfg.OUTPUT_DIR, save_to_disk=True,
                           settings=train_net.resume_settings(cfg)).save(f"model_{iteration:07d}", iteration=iteration)
     return model.state_dict()

@@ -78,8 +78,9 @@ def _float_opts_for_ints(opts, config):
         default = config
         for part in str(opts[index]).split("."):
             default = default.get(part) if isinstance(default, dict) else None
-        if isinstance(default, float) and _is_int(_literal(opts[index + 1])):
-            converted[index + 1] = repr(float(_literal(opts[index + 1])))
+        value = _literal(opts[index + 1])
+        if isinstance(default, float) and _is_int(value):
+            converted[index + 1] = repr(float(value))
     return converted
 
 

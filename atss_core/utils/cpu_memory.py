@@ -6,11 +6,11 @@ unmaps it on ``free``. A detector's large activation maps (the stem and first Re
 page by page, at every forward and backward. ``keep_freed_cpu_memory()`` tells malloc to take
 such blocks from its heap and to keep freed memory for reuse, so the same work runs without the
 page faults. Measured on 2 cores, that takes about 10% off an R-50 inference and 15% off a
-training step. The
-entry points (train_net, test_net, the demo, the benchmark) call it for CPU runs; set
-``ATSS_KEEP_FREED_MEMORY=0`` to keep glibc's defaults. It changes allocation only, never results;
-the price is that the process keeps its peak memory instead of handing freed blocks back, and
-that peak grows by about 10% (R-50 inference 1.14 -> 1.26 GB, quick-start training 2.50 -> 2.71 GB).
+training step. The entry points (train_net, test_net, the demo, the benchmark) call it for CPU
+runs; set ``ATSS_KEEP_FREED_MEMORY=0`` to keep glibc's defaults. It changes allocation only,
+never results; the price is that the process keeps its peak memory instead of handing freed
+blocks back, and that peak grows by about 10% (R-50 inference 1.14 -> 1.26 GB, quick-start
+training 2.50 -> 2.71 GB).
 """
 import ctypes
 import os
